@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` (set up + run the bridge on a simulated fleet) and
+# `make test` (set up + lint + type-check + the whole test suite against real servers).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test setup servers lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/bitaxe-bridge demo
+
+servers:
+	bash scripts/install-servers
+
+lint: setup
+	$(BIN)/ruff check bridge analyzer simulator tests bench
+	$(BIN)/mypy
+
+test: servers setup lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/poll.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""bitaxe-analyze: per-config statistics, rankings, comparisons and reports from the stored history."""

@@ -1,0 +1,1 @@
+"""bitaxe-sim: a fleet of simulated ESP-Miner (AxeOS) miners serving the real firmware API."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: real servers on 127.0.0.1 (see tests/support/servers.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import InfluxDB1, Mosquitto, VictoriaMetrics
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    server = InfluxDB1(tmp_path_factory.mktemp("influxdb"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influxdb1_fresh(tmp_path: Path) -> Iterator[InfluxDB1]:
+    """A private InfluxDB 1.x that a test may stop and restart."""
+    server = InfluxDB1(tmp_path / "influxdb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics(tmp_path / "vm")
+    server.start()
+    yield server
+    server.stop()
