@@ -21,7 +21,11 @@ Item = Reading | Event
 
 @runtime_checkable
 class Sink(Protocol):
-    """What the poller hands readings and events to. `handle` may await (network); `aclose` flushes."""
+    """What the poller hands readings and events to. `handle` may await (network); `aclose` flushes.
+
+    A sink that needs a long-running task of its own (a broker connection, a batch flusher) also
+    defines `async def run(self) -> None`; the fan-out runs it in its task group until shutdown.
+    """
 
     name: str
 
@@ -115,6 +119,9 @@ class Fanout:
             async with asyncio.TaskGroup() as tg:
                 for q in self.queues:
                     tg.create_task(q.drain(), name=f"sink-{q.sink.name}")
+                    run = getattr(q.sink, "run", None)
+                    if run is not None:
+                        tg.create_task(run(), name=f"sink-{q.sink.name}-run")
         finally:
             for q in self.queues:
                 # Deliver what was queued before the shutdown, bounded so a dead sink cannot hang exit.
