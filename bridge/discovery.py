@@ -1,0 +1,305 @@
+"""Home Assistant MQTT discovery and the topic layout, derived from the metric table and a control table."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any, Literal
+
+from bridge.metrics import METRICS, Metric, Value, state_values
+from bridge.reading import BoardInfo, Reading, fmt_number
+
+ORIGIN: dict[str, str] = {
+    "name": "bitaxe-bridge",
+    "sw_version": "0.1.0",
+    "support_url": "https://github.com/bitaxe-bridge/bitaxe-bridge",
+}
+MANUFACTURER = "Bitaxe (ESP-Miner)"
+
+Payload = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topic layout: `<prefix>/<miner>/{state,availability,set,set/<setting>,result,event}`."""
+
+    prefix: str = "bitaxe"
+    discovery_prefix: str = "homeassistant"
+
+    @property
+    def bridge_availability(self) -> str:
+        return f"{self.prefix}/bridge/availability"
+
+    @property
+    def ha_status(self) -> str:
+        return f"{self.discovery_prefix}/status"
+
+    @property
+    def discovery_wildcard(self) -> str:
+        return f"{self.discovery_prefix}/+/+/+/config"
+
+    @property
+    def set_wildcards(self) -> tuple[str, str]:
+        return f"{self.prefix}/+/set", f"{self.prefix}/+/set/+"
+
+    def availability(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/availability"
+
+    def state(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/state"
+
+    def result(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/result"
+
+    def event(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/event"
+
+    def set(self, miner: str, setting: str | None = None) -> str:
+        return f"{self.prefix}/{miner}/set" + (f"/{setting}" if setting else "")
+
+    def discovery(self, component: str, node_id: str, key: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{node_id}/{key}/config"
+
+    def parse_set(self, topic: str) -> tuple[str, str | None] | None:
+        """(miner, setting or None) of a command topic; None for any other topic."""
+        head = f"{self.prefix}/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head):].split("/")
+        if len(parts) == 2 and parts[1] == "set":
+            return parts[0], None
+        if len(parts) == 3 and parts[1] == "set":
+            return parts[0], parts[2]
+        return None
+
+
+ControlComponent = Literal["select", "number", "switch", "button"]
+
+
+def _freq_options(board: BoardInfo) -> tuple[str, ...]:
+    return tuple(fmt_number(f) for f in board.frequency_options)
+
+
+def _volt_options(board: BoardInfo) -> tuple[str, ...]:
+    return tuple(str(v) for v in board.voltage_options)
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A setting Home Assistant can change, declared as data like a Metric; `key` is the command setting."""
+
+    key: str
+    name: str
+    component: ControlComponent
+    state_key: str | None = None  # key in the state JSON that shows the current value
+    state_fn: Callable[[Reading], Value] | None = None  # only for a state_key that is not a metric
+    value_template: str | None = None
+    options_fn: Callable[[BoardInfo], tuple[str, ...]] | None = None  # select
+    minimum: float | None = None  # number
+    maximum: float | None = None
+    step: float | None = None
+    unit: str | None = None
+    icon: str | None = None
+    device_class: str | None = None
+    entity_category: str | None = None
+    min_firmware: tuple[int, int] | None = None  # the firmware version that has the endpoint
+    enabled_by_default: bool = True
+
+
+CONTROLS: tuple[Control, ...] = (
+    # '%g' renders 525.0 as "525", matching the option strings the select offers.
+    Control("frequency", "Frequency", "select", "frequency", None,
+            "{{ '%g' % value_json.frequency }}", _freq_options, icon="mdi:sine-wave",
+            entity_category="config"),
+    Control("core_voltage", "Core voltage", "select", "core_voltage", None,
+            "{{ value_json.core_voltage }}", _volt_options, icon="mdi:flash-triangle",
+            entity_category="config"),
+    Control("fan_speed", "Fan speed (manual)", "number", "fan_pct", None,
+            "{{ value_json.fan_pct | int(0) }}", minimum=0, maximum=100, step=1, unit="%",
+            icon="mdi:fan", entity_category="config"),
+    Control("auto_fan", "Auto fan", "switch", "autofan", attrgetter("autofan"),
+            "{{ 'ON' if value_json.autofan else 'OFF' }}", icon="mdi:fan-auto", entity_category="config"),
+    Control("restart", "Restart", "button", device_class="restart", entity_category="config"),
+    Control("identify", "Identify", "button", device_class="identify", entity_category="config",
+            min_firmware=(2, 12)),
+)
+CONTROLS_BY_KEY: dict[str, Control] = {c.key: c for c in CONTROLS}
+
+
+def firmware_version(text: str) -> tuple[int, int, int]:
+    """(2, 15, 0) from "v2.15.0", "2.15.0-dirty" or "2.12"; (0, 0, 0) when it has no version number."""
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not m:
+        return (0, 0, 0)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def firmware_at_least(text: str, version: tuple[int, int]) -> bool:
+    return firmware_version(text)[:2] >= version
+
+
+def slug(text: str) -> str:
+    """HA's entity id slug: lower case, runs of anything else as one underscore."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def bridge_id(topics: Topics) -> str:
+    return f"bitaxe_bridge_{slug(topics.prefix)}"
+
+
+def entity_id(component: str, miner: str, key: str) -> str:
+    """The entity id discovery asks for: `<component>.bitaxe_<miner>_<key>` (see docs/mqtt.md)."""
+    return f"{component}.bitaxe_{slug(miner)}_{key}"
+
+
+@dataclass(frozen=True, slots=True)
+class MinerIdentity:
+    """What a miner's discovery depends on; a change of any field means discovery is re-sent."""
+
+    name: str
+    miner_id: str
+    host: str
+    firmware: str
+    board: BoardInfo
+
+    @classmethod
+    def of(cls, reading: Reading) -> MinerIdentity:
+        return cls(reading.miner, reading.miner_id, reading.host, reading.firmware, reading.board)
+
+
+def _finite(value: Value) -> Value:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def state_document(reading: Reading) -> dict[str, Value]:
+    """The one JSON document published per reading: every metric plus control states and identity."""
+    doc = state_values(reading)
+    for c in CONTROLS:
+        if c.state_key is not None and c.state_fn is not None:
+            doc[c.state_key] = c.state_fn(reading)
+    doc["firmware"] = reading.firmware
+    doc["miner_id"] = reading.miner_id
+    doc["time"] = datetime.fromtimestamp(reading.time, UTC).isoformat(timespec="seconds")
+    return {k: _finite(v) for k, v in doc.items()}
+
+
+def _device(ident: MinerIdentity, topics: Topics) -> Payload:
+    board = ident.board
+    return {
+        "identifiers": [ident.miner_id],
+        "name": f"Bitaxe {ident.name}",
+        "manufacturer": MANUFACTURER,
+        "model": f"{board.device_model} ({board.asic_model})",
+        "sw_version": ident.firmware,
+        "configuration_url": f"http://{ident.host}",
+        "via_device": bridge_id(topics),
+    }
+
+
+def _common(ident: MinerIdentity, topics: Topics, component: str, key: str, name: str) -> Payload:
+    return {
+        "name": name,
+        "unique_id": f"{ident.miner_id}_{key}",
+        "default_entity_id": entity_id(component, ident.name, key),
+        "device": _device(ident, topics),
+        "origin": ORIGIN,
+        "availability": [{"topic": topics.bridge_availability}, {"topic": topics.availability(ident.name)}],
+        "availability_mode": "all",
+    }
+
+
+def _put(payload: Payload, **fields: Any) -> Payload:
+    payload.update({k: v for k, v in fields.items() if v is not None})
+    return payload
+
+
+def metric_config(ident: MinerIdentity, topics: Topics, m: Metric) -> Payload:
+    p = _common(ident, topics, m.component, m.key, m.name)
+    p["state_topic"] = topics.state(ident.name)
+    if m.component == "binary_sensor":
+        p["value_template"] = f"{{{{ 'ON' if value_json.{m.key} else 'OFF' }}}}"
+    else:
+        # A null renders "None", which HA's MQTT sensor takes as "unknown" (not reported by this firmware).
+        p["value_template"] = f"{{{{ value_json.{m.key} }}}}"
+    _put(p, unit_of_measurement=m.unit, device_class=m.device_class, icon=m.icon,
+         entity_category=m.entity_category)
+    if m.component == "sensor":
+        _put(p, state_class=m.state_class, suggested_display_precision=m.precision)
+    p["enabled_by_default"] = m.enabled_by_default
+    return p
+
+
+def control_config(ident: MinerIdentity, topics: Topics, c: Control) -> Payload:
+    p = _common(ident, topics, c.component, c.key, c.name)
+    p["command_topic"] = topics.set(ident.name, c.key)
+    if c.state_key is not None:
+        p["state_topic"] = topics.state(ident.name)
+        p["value_template"] = c.value_template
+    if c.options_fn is not None:
+        p["options"] = list(c.options_fn(ident.board))
+    if c.component == "number":
+        _put(p, min=c.minimum, max=c.maximum, step=c.step, mode="slider")
+    if c.component == "button":
+        p["payload_press"] = "PRESS"
+    _put(p, unit_of_measurement=c.unit, icon=c.icon, device_class=c.device_class,
+         entity_category=c.entity_category)
+    p["enabled_by_default"] = c.enabled_by_default
+    return p
+
+
+def miner_discovery(ident: MinerIdentity, topics: Topics) -> dict[str, Payload]:
+    """Every discovery topic of one miner and its config payload (retained by the publisher)."""
+    out: dict[str, Payload] = {}
+    for m in METRICS:
+        if m.ha:
+            out[topics.discovery(m.component, ident.miner_id, m.key)] = metric_config(ident, topics, m)
+    for c in CONTROLS:
+        if c.min_firmware is not None and not firmware_at_least(ident.firmware, c.min_firmware):
+            continue
+        out[topics.discovery(c.component, ident.miner_id, c.key)] = control_config(ident, topics, c)
+    return out
+
+
+def bridge_discovery(topics: Topics, sw_version: str = ORIGIN["sw_version"]) -> dict[str, Payload]:
+    """The bridge's own device (the miners' via_device) with one connectivity sensor."""
+    bid = bridge_id(topics)
+    payload: Payload = {
+        "name": "Connected",
+        "unique_id": f"{bid}_connected",
+        "default_entity_id": f"binary_sensor.{bid}_connected",
+        "device": {"identifiers": [bid], "name": "Bitaxe bridge", "manufacturer": "bitaxe-bridge",
+                   "model": "bitaxe-bridge", "sw_version": sw_version},
+        "origin": ORIGIN,
+        "state_topic": topics.bridge_availability,
+        "payload_on": "online",
+        "payload_off": "offline",
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
+        "enabled_by_default": True,
+    }
+    return {topics.discovery("binary_sensor", bid, "connected"): payload}
+
+
+def owner_of(payload: Payload, topics: Topics) -> str | None:
+    """The configured miner name a retained discovery payload was published for by this bridge, if any.
+
+    Used at startup to find entities of miners removed from the config: the bridge reads back its own
+    retained discovery topics instead of keeping a state file.
+    """
+    device = payload.get("device")
+    if not isinstance(device, dict) or device.get("via_device") != bridge_id(topics):
+        return None
+    for entry in payload.get("availability") or ():
+        topic = entry.get("topic") if isinstance(entry, dict) else None
+        head, tail = f"{topics.prefix}/", "/availability"
+        if isinstance(topic, str) and topic.startswith(head) and topic.endswith(tail):
+            miner = topic[len(head): -len(tail)]
+            if miner and miner != "bridge" and "/" not in miner:
+                return miner
+    return None

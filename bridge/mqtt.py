@@ -1,0 +1,294 @@
+"""MQTT sink: per-reading state JSON, availability, Home Assistant discovery and the command topics.
+
+`run()` owns the broker connection and reconnects with backoff (1, 2, 4 … 60 s). While the broker is
+away, readings for MQTT are dropped (polling and storage go on); after reconnecting the bridge
+resubscribes and republishes discovery, availability and every miner's latest state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import aiomqtt
+
+from bridge.commands import Guard
+from bridge.config import BridgeConfig, MqttConfig
+from bridge.discovery import (
+    MinerIdentity,
+    Payload,
+    Topics,
+    bridge_discovery,
+    bridge_id,
+    miner_discovery,
+    owner_of,
+    state_document,
+)
+from bridge.reading import Event, Reading
+
+log = logging.getLogger("bitaxe.mqtt")
+
+PUBLISH_TIMEOUT = 10.0  # s for a QoS 1 acknowledgement
+SYNC_TIMEOUT = 5.0  # s to read back the retained discovery topics after connecting
+MAX_BACKOFF = 60.0
+
+
+def topics_for(cfg: MqttConfig) -> Topics:
+    return Topics(cfg.prefix, cfg.discovery_prefix)
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class MqttBridge:
+    """The MQTT sink (bridge.sinks.Sink with run()); commands go to `guard` when one is given."""
+
+    name = "mqtt"
+
+    def __init__(self, cfg: BridgeConfig, guard: Guard | None = None) -> None:
+        if cfg.mqtt is None:
+            raise ValueError("MqttBridge needs an mqtt: section in the config")
+        self.cfg = cfg
+        self.mqtt: MqttConfig = cfg.mqtt
+        self.topics = topics_for(self.mqtt)
+        self.guard = guard
+        self.miners: tuple[str, ...] = tuple(m.name for m in cfg.miners)
+        self.latest: dict[str, Reading] = {}
+        self.online: dict[str, bool] = {}
+        self.identity: dict[str, MinerIdentity] = {}  # what the discovery on the broker describes
+        self.discovered: dict[str, set[str]] = {}  # discovery topics on the broker, per miner
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.connections = 0  # completed connects, for logs and tests
+        self.dropped = 0  # readings not published because the broker was away
+        self.removed: set[str] = set()  # miners whose entities were removed at the last connect
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- Sink protocol ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        client = self.client
+        if client is not None:
+            # A clean disconnect does not fire the last will: say offline ourselves.
+            with contextlib.suppress(aiomqtt.MqttError, asyncio.CancelledError):
+                await client.publish(self.topics.bridge_availability, "offline", qos=1, retain=True,
+                                     timeout=2)
+
+    async def handle(self, item: Reading | Event) -> None:
+        if isinstance(item, Reading):
+            await self._reading(item)
+        elif item.kind in ("online", "offline"):
+            self.online[item.miner] = item.kind == "online"
+            await self._publish(self.topics.availability(item.miner), item.kind, qos=1, retain=True)
+        elif item.kind == "command":
+            await self._publish(self.topics.result(item.miner), _dumps(item.data), qos=1)
+        else:
+            doc = {"kind": item.kind, "message": item.message, "time": item.time, "data": item.data}
+            await self._publish(self.topics.event(item.miner), json.dumps(doc, default=str), qos=1)
+
+    async def _reading(self, reading: Reading) -> None:
+        self.latest[reading.miner] = reading
+        if not self.online.get(reading.miner):
+            # A reading means the miner answers, even if the poller's online event is still queued.
+            self.online[reading.miner] = True
+            await self._publish(self.topics.availability(reading.miner), "online", qos=1, retain=True)
+        if self.client is None:
+            self.dropped += 1
+            return
+        ident = MinerIdentity.of(reading)
+        if self.identity.get(reading.miner) != ident:
+            await self._publish_discovery(self.client, ident)
+        await self._publish(self.topics.state(reading.miner), _dumps(state_document(reading)), retain=True)
+
+    async def _publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Publish if connected; a broker that is away drops the message (the reconnect republishes)."""
+        client = self.client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=PUBLISH_TIMEOUT)
+        except aiomqtt.MqttError as exc:
+            log.debug("mqtt: publish to %s dropped: %s", topic, exc)
+            return False
+        return True
+
+    # ---- connection -------------------------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        m = self.mqtt
+        tls = ssl.create_default_context() if m.tls else None
+        return aiomqtt.Client(
+            m.host, m.port, username=m.username, password=m.password, identifier=m.client_id,
+            keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT,
+            will=aiomqtt.Will(self.topics.bridge_availability, "offline", qos=1, retain=True),
+        )
+
+    async def run(self) -> None:
+        backoff = 1.0
+        where = f"{self.mqtt.host}:{self.mqtt.port}"
+        while True:
+            try:
+                async with self._client() as client:
+                    try:
+                        await self._on_connect(client)
+                        self.connected.set()
+                        self.connections += 1
+                        backoff = 1.0
+                        log.info("mqtt: connected to %s (prefix %s)", where, self.mqtt.prefix)
+                        async for message in client.messages:
+                            self._dispatch(message)
+                    finally:
+                        self.client = None
+                        self.connected.clear()
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt: broker %s: %s; reconnecting in %.0f s (readings for MQTT are dropped "
+                            "meanwhile; polling and storage go on)", where, exc, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        t = self.topics
+        if self.mqtt.discovery:
+            await self._sync_discovery(client)
+        await client.subscribe(t.ha_status, qos=1)
+        if self.guard is not None:
+            for topic in t.set_wildcards:
+                await client.subscribe(topic, qos=1)
+        await client.publish(t.bridge_availability, "online", qos=1, retain=True)
+        self.client = client  # from here on, readings are published as they come
+        await self._republish(client)
+
+    async def _republish(self, client: aiomqtt.Client) -> None:
+        """Discovery, availability and the latest state of every miner: what HA needs to be complete."""
+        if self.mqtt.discovery:
+            await self._publish_all(client, bridge_discovery(self.topics))
+            for miner in self.miners:
+                reading = self.latest.get(miner)
+                if reading is not None:
+                    await self._publish_discovery(client, MinerIdentity.of(reading))
+        for miner in self.miners:
+            state = "online" if self.online.get(miner) else "offline"
+            await client.publish(self.topics.availability(miner), state, qos=1, retain=True)
+            reading = self.latest.get(miner)
+            if reading is not None:
+                await client.publish(self.topics.state(miner), _dumps(state_document(reading)), retain=True)
+
+    async def _publish_all(self, client: aiomqtt.Client, configs: dict[str, Payload]) -> None:
+        for topic, payload in configs.items():
+            await client.publish(topic, _dumps(payload), qos=1, retain=True)
+
+    async def _clear(self, client: aiomqtt.Client, topics: Iterable[str]) -> None:
+        for topic in topics:
+            await client.publish(topic, b"", qos=1, retain=True)
+
+    async def _publish_discovery(self, client: aiomqtt.Client, ident: MinerIdentity) -> None:
+        if not self.mqtt.discovery:
+            return
+        configs = miner_discovery(ident, self.topics)
+        stale = self.discovered.get(ident.name, set()) - configs.keys()
+        # Stale topics: an entity this firmware no longer has, or a miner id that changed (MAC appeared).
+        await self._clear(client, stale)
+        await self._publish_all(client, configs)
+        self.discovered[ident.name] = set(configs)
+        self.identity[ident.name] = ident
+        log.info("mqtt: discovery for %s (%s, %d entities)", ident.name, ident.miner_id, len(configs))
+
+    async def _sync_discovery(self, client: aiomqtt.Client) -> None:
+        """Read back this bridge's retained discovery topics; remove those of miners no longer configured.
+
+        The broker is the memory: removal works across restarts without a state file. A marker message
+        published after subscribing arrives after every retained message of that subscription.
+        """
+        t = self.topics
+        marker = f"{t.prefix}/bridge/sync/{uuid.uuid4().hex}"
+        found: dict[str, str] = {}
+        me = bridge_id(t)
+        await client.subscribe(t.discovery_wildcard, qos=0)
+        await client.subscribe(marker, qos=0)
+        await client.publish(marker, "sync", qos=0)
+        try:
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                async for message in client.messages:
+                    topic = str(message.topic)
+                    if topic == marker:
+                        break
+                    body = message.payload
+                    if not isinstance(body, bytes | bytearray) or me.encode() not in body:
+                        continue
+                    with contextlib.suppress(ValueError):
+                        owner = owner_of(json.loads(body), t)
+                        if owner is not None:
+                            found[topic] = owner
+        except TimeoutError:
+            log.warning("mqtt: reading back retained discovery took over %.0f s; removal of deleted miners "
+                        "may be incomplete", SYNC_TIMEOUT)
+        await client.unsubscribe(t.discovery_wildcard)
+        await client.unsubscribe(marker)
+        configured = set(self.miners)
+        gone = {miner for miner in found.values() if miner not in configured}
+        for topic, miner in found.items():
+            if miner in configured:
+                self.discovered.setdefault(miner, set()).add(topic)
+        self.identity.clear()  # the broker's copy may be older than what we know; republish
+        if gone:
+            await self._clear(client, [topic for topic, miner in found.items() if miner in gone])
+            for miner in gone:
+                await self._clear(client, [t.availability(miner), t.state(miner)])
+            log.info("mqtt: removed Home Assistant entities of miners no longer configured: %s",
+                     ", ".join(sorted(gone)))
+        self.removed = gone
+
+    # ---- incoming ---------------------------------------------------------------------------------
+    def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else \
+            str(message.payload or "").encode()
+        if topic == self.topics.ha_status:
+            # A retained "online" is HA's old birth; we just published everything anyway.
+            if bytes(payload).strip() == b"online" and not message.retain:
+                log.info("mqtt: Home Assistant came online; republishing discovery")
+                self._spawn(self._on_ha_birth())
+            return
+        parsed = self.topics.parse_set(topic)
+        if parsed is not None and self.guard is not None:
+            if message.retain:
+                # A retained command would be replayed on every reconnect: never act on one.
+                log.warning("mqtt: ignoring retained command on %s; publish commands without retain", topic)
+                return
+            miner, setting = parsed
+            self._spawn(self._command(miner, setting, bytes(payload)))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_ha_birth(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.identity.clear()
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._republish(client)
+
+    async def _command(self, miner: str, setting: str | None, payload: bytes) -> None:
+        assert self.guard is not None
+        try:
+            await self.guard.submit(miner, payload, setting, source="mqtt")
+        except Exception:
+            log.exception("mqtt: command for %s on setting %s failed", miner, setting)
+
+    def stats(self) -> dict[str, Any]:
+        return {"connected": self.client is not None, "connections": self.connections,
+                "dropped": self.dropped, "time": time.time()}
