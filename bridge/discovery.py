@@ -205,7 +205,7 @@ def _device(ident: MinerIdentity, topics: Topics) -> Payload:
 def _common(ident: MinerIdentity, topics: Topics, component: str, key: str, name: str) -> Payload:
     return {
         "name": name,
-        "unique_id": f"{ident.miner_id}_{key}",
+        "unique_id": f"{ident.miner_id}_{component}_{key}",
         "default_entity_id": entity_id(component, ident.name, key),
         "device": _device(ident, topics),
         "origin": ORIGIN,
