@@ -58,7 +58,8 @@ async def test_buttons() -> None:
     guard, poller, _ = setup(config(), reading("garage-1"))
     assert (await guard.submit("garage-1", "PRESS", "identify")).accepted
     assert (await guard.submit("garage-1", "PRESS", "restart")).accepted
-    assert poller.requests() == [("POST", "/api/system/identify", None), ("POST", "/api/system/restart", None)]
+    assert poller.requests() == [("POST", "/api/system/identify", None),
+                                 ("POST", "/api/system/restart", None)]
 
 
 HOT = {"power": 30.0}  # 30 W at 525@1150 on a 40 W Gamma: 600 MHz predicts 34.3 W, over 0.8 × 40 W
@@ -99,13 +100,15 @@ BAD: list[tuple[str, str | None, str, str, dict[str, Any]]] = [
      {"safety": {"allow_custom_clocks": True, "max_frequency": 700, "max_core_voltage": 1300}}),
     ("custom voltage above max", "core_voltage", "1350", "above_max",
      {"safety": {"allow_custom_clocks": True, "max_frequency": 700, "max_core_voltage": 1300}}),
-    ("per-miner custom without maxima", "frequency", "575", "above_max", {"miner": {"allow_custom_clocks": True}}),
+    ("per-miner custom without maxima", "frequency", "575", "above_max",
+     {"miner": {"allow_custom_clocks": True}}),
     ("identify on 2.9", "identify", "PRESS", "unsupported", {"reading": {"firmware": "v2.9.1"}}),
     ("binary garbage", "frequency", b"\xff\xfe", "bad_payload", {}),  # type: ignore[list-item]
 ]
 
 
-@pytest.mark.parametrize(("setting", "payload", "code", "over"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+@pytest.mark.parametrize(("setting", "payload", "code", "over"), [b[1:] for b in BAD],
+                         ids=[b[0] for b in BAD])
 async def test_bad_command_is_refused_and_nothing_is_sent(setting: str | None, payload: str, code: str,
                                                           over: dict[str, Any]) -> None:
     guard, poller, published = setup(config(over.get("safety"), **over.get("miner", {})),
@@ -160,17 +163,17 @@ async def test_lockout_refuses_raising_but_allows_lowering() -> None:
 
 async def test_custom_clocks_inside_the_maxima_are_allowed_when_configured() -> None:
     cfg = config({"allow_custom_clocks": True, "max_frequency": 700, "max_core_voltage": 1300})
-    guard, poller, _ = setup(cfg)
+    guard, _, _ = setup(cfg)
     result = await guard.submit("garage-1", '{"frequency": 575, "core_voltage": 1175}')
     assert result.accepted, result.reason
     cfg = config(None, allow_custom_clocks=False)
-    guard, poller, _ = setup(cfg)
+    guard, _, _ = setup(cfg)
     assert (await guard.submit("garage-1", "575", "frequency")).code == "not_in_options"
 
 
 async def test_lowering_passes_the_envelope_even_when_above_it() -> None:
     hot = reading("garage-1", power=39.0, frequency=625, core_voltage=1250)
-    guard, poller, _ = setup(config({"max_power_fraction": 0.8}), hot)
+    guard, _, _ = setup(config({"max_power_fraction": 0.8}), hot)
     result = await guard.submit("garage-1", "600", "frequency")
     assert result.accepted, result.reason
 
