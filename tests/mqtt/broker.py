@@ -62,10 +62,10 @@ class Watcher:
         found = self.on(topic)
         return found[-1] if found else None
 
-    async def wait(self, predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
+    async def wait(self, predicate: Callable[[], object], limit: float = 15.0, what: str = "") -> None:
         try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
+            async with asyncio.timeout(limit):
+                while not predicate():  # noqa: ASYNC110 - polls what the collector task appends
                     await asyncio.sleep(0.02)
         except TimeoutError:
             raise AssertionError(f"timed out waiting for {what or predicate}; saw "
@@ -94,10 +94,10 @@ async def retained(port: int, topic_filter: str = "#") -> dict[str, bytes]:
 
 
 async def wait_retained(port: int, predicate: Callable[[dict[str, bytes]], object], topic_filter: str = "#",
-                        timeout: float = 20.0) -> dict[str, bytes]:
+                        limit: float = 20.0) -> dict[str, bytes]:
     snap: dict[str, bytes] = {}
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while True:
                 with contextlib.suppress(aiomqtt.MqttError):
                     snap = await retained(port, topic_filter)

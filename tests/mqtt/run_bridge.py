@@ -1,4 +1,4 @@
-"""Runs the MQTT part of the bridge in its own process (the LWT test SIGKILLs it): python -m tests.mqtt.run_bridge PORT."""
+"""The MQTT part of the bridge in its own process, for the LWT test to SIGKILL (argument: broker port)."""
 
 from __future__ import annotations
 

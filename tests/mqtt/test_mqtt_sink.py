@@ -81,23 +81,24 @@ async def test_state_availability_and_discovery(mosquitto: Mosquitto) -> None:
 
 
 async def test_last_will_when_the_bridge_is_killed(mosquitto: Mosquitto) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.mqtt.run_bridge", str(mosquitto.port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.mqtt.run_bridge", str(mosquitto.port), cwd=ROOT,
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        line = await asyncio.wait_for(proc.stdout.readline(), 20)
         assert line.strip() == b"ready"
         await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/bridge/availability") == b"online")
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
         snap = await wait_retained(mosquitto.port,
                                    lambda s: s.get("bitaxe/bridge/availability") == b"offline")
         # The miner's own topic still says online: HA's availability_mode "all" needs both.
         assert snap["bitaxe/garage-1/availability"] == b"online"
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
-            proc.wait(10)
+            await proc.wait()
 
 
 async def test_discovery_is_resent_when_home_assistant_comes_online(mosquitto: Mosquitto) -> None:
@@ -159,7 +160,7 @@ async def test_broker_restart_bridge_reconnects_and_republishes(mosquitto: Mosqu
         await asyncio.wait_for(bridge.handle(later), 1)
         assert bridge.dropped >= 1
         mosquitto.start()
-        snap = await wait_retained(mosquitto.port, lambda s: expected <= set(s), timeout=30)
+        snap = await wait_retained(mosquitto.port, lambda s: expected <= set(s), limit=30)
         assert bridge.connections == 2
         assert snap["bitaxe/bridge/availability"] == b"online"
         assert snap["bitaxe/garage-1/availability"] == b"online"
@@ -168,7 +169,7 @@ async def test_broker_restart_bridge_reconnects_and_republishes(mosquitto: Mosqu
 
 
 async def _until(predicate: Any) -> None:
-    while not predicate():
+    while not predicate():  # noqa: ASYNC110 - the bridge's run task flips it
         await asyncio.sleep(0.05)
 
 
