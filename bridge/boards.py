@@ -1,4 +1,4 @@
-"""The firmware's board table (ESP-Miner v2.15 device table): facts for boards whose firmware predates /api/system/asic."""
+"""The firmware's board table (ESP-Miner v2.15): facts for boards whose firmware predates /api/system/asic."""
 
 from __future__ import annotations
 

@@ -116,7 +116,8 @@ class HttpConfig(_Strict):
     timeout: float = Field(5.0, gt=0, le=120, description="s per request")
     max_body_kb: int = Field(256, ge=16, le=16384)
     offline_after: int = Field(5, ge=1, description="consecutive failures before a miner is offline")
-    max_backoff: float = Field(60, ge=1)
+    backoff_base: float = Field(1.0, ge=0.01, le=60, description="s before the first retry; doubles each failure")
+    max_backoff: float = Field(60, ge=0.1, le=3600)
 
 
 class BridgeConfig(_Strict):

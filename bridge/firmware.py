@@ -15,19 +15,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.boards import SMALL_CORES, spec_for
+from bridge.errors import MinerDataError
 from bridge.reading import BoardInfo, Reading
-
 
 T = TypeVar("T", bound=BaseModel)
 
-
-class MinerDataError(ValueError):
-    """A miner's response cannot be used; the message names miner, path, field and value."""
-
-    def __init__(self, miner: str, host: str, path: str, problem: str) -> None:
-        super().__init__(f'miner "{miner}" ({host}): {path} {problem}')
-        self.miner, self.host, self.path, self.problem = miner, host, path, problem
-
+__all__ = ["MinerDataError", "SystemAsic", "SystemInfo", "parse_asic", "parse_info", "to_reading"]
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
 _DIFF_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*([kKMGTPE]?)\s*$")
@@ -110,7 +103,7 @@ class SystemAsic(BaseModel):
     voltage_options: list[float] = Field(alias="voltageOptions")
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Any) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ())) or "(document)"
     if err["type"] == "missing":
         return f'field "{loc}" is missing'
@@ -242,7 +235,7 @@ def to_reading(info: SystemInfo, board: BoardInfo, miner: str, host: str, now: f
         hostname=info.hostname,
         board=board,
         frequency=info.frequency,
-        core_voltage=int(round(info.core_voltage)),
+        core_voltage=round(info.core_voltage),
         actual_frequency=info.actual_frequency,
         core_voltage_actual=info.core_voltage_actual,
         hashrate=info.hashrate,

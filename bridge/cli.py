@@ -1,0 +1,190 @@
+"""The `bitaxe-bridge` command: run the daemon, check a config, or run a self-contained demo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bridge.config import BridgeConfig, ConfigError, load_config, parse_config
+
+log = logging.getLogger("bitaxe.cli")
+
+DEMO_FLEET = (  # (board family, firmware): several ASIC models and firmware generations
+    ("Gamma", "2.15.0"),
+    ("Supra", "2.12.0"),
+    ("Ultra", "2.9.0"),
+    ("Max", "2.6.0"),
+    ("GammaTurbo", "2.15.0"),
+    ("Hex", "2.12.0"),
+)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _load(path: str) -> BridgeConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(f"config is not usable:\n{exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="bitaxe-bridge")
+def main() -> None:
+    """Bridge Bitaxe (ESP-Miner / AxeOS) miners to MQTT + Home Assistant and InfluxDB / SQLite.
+
+    \b
+    Start with `bitaxe-bridge demo` (no hardware or servers needed), then copy
+    config.yaml, list your miners and run `bitaxe-bridge run --config config.yaml`.
+    """
+
+
+@main.command()
+@click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="The bridge's YAML config file.")
+@click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+              case_sensitive=False), help="Overrides log_level from the config.")
+@click.option("--log-readings/--no-log-readings", default=False, show_default=True,
+              help="Log one line per reading (noisy with many miners).")
+def run(config_path: str, log_level: str | None, log_readings: bool) -> None:
+    """Poll every miner and feed MQTT / storage until SIGINT or SIGTERM."""
+    cfg = _load(config_path)
+    _setup_logging(log_level or cfg.log_level)
+    log.info("bitaxe-bridge: %d miners every %g s (config %s)", len(cfg.miners), cfg.poll_interval, config_path)
+    asyncio.run(_run(cfg, log_readings))
+
+
+async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = None) -> None:
+    from bridge.daemon import run_until_stopped
+
+    await run_until_stopped(cfg, log_readings=log_readings, duration=duration)
+
+
+@main.command("check-config")
+@click.argument("config_path", default="config.yaml", type=click.Path(dir_okay=False))
+@click.option("--offline", is_flag=True, help="Only validate the file; don't contact miners or servers.")
+def check_config(config_path: str, offline: bool) -> None:
+    """Validate CONFIG_PATH (default ./config.yaml) and test the connections it names."""
+    cfg = _load(config_path)
+    click.echo(f"{config_path}: OK — {len(cfg.miners)} miner(s), poll every {cfg.poll_interval:g} s")
+    click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")
+    click.echo(f"  sqlite:   {cfg.sqlite.path if cfg.sqlite else 'off'}")
+    click.echo(f"  influxdb: {cfg.influxdb.url if cfg.influxdb else 'off'}")
+    if offline:
+        return
+    problems = asyncio.run(_check_connections(cfg))
+    if problems:
+        raise click.ClickException(f"{problems} connection check(s) failed (see above)")
+
+
+def _describe_mqtt(cfg: BridgeConfig) -> str:
+    if cfg.mqtt is None:
+        return "off"
+    return f"{cfg.mqtt.host}:{cfg.mqtt.port} prefix {cfg.mqtt.prefix!r}, discovery {cfg.mqtt.discovery_prefix!r}"
+
+
+async def _check_connections(cfg: BridgeConfig) -> int:
+    from bridge.daemon import make_session
+    from bridge.errors import MinerError
+    from bridge.miner import MinerClient
+
+    failed = 0
+    async with make_session(cfg) as session:
+        clients = [MinerClient(m, session, cfg.http) for m in cfg.miners]
+        results = await asyncio.gather(*(c.read() for c in clients), return_exceptions=True)
+        for client, res in zip(clients, results, strict=True):
+            if isinstance(res, MinerError):
+                failed += 1
+                click.echo(f"  FAIL {res}")
+            elif isinstance(res, BaseException):
+                failed += 1
+                click.echo(f'  FAIL miner "{client.name}": {type(res).__name__}: {res}')
+            else:
+                b = res.board
+                click.echo(f"  ok   miner {client.name} ({client.host}): {b.device_model} {b.asic_model}"
+                           f" x{b.asic_count}, firmware {res.firmware}, {res.config_tag}, "
+                           f"{res.hashrate:.0f} GH/s, {res.power:.1f} W")
+    for name, check in _server_checks(cfg):
+        try:
+            msg = await check
+            click.echo(f"  ok   {name}: {msg}")
+        except Exception as exc:
+            failed += 1
+            click.echo(f"  FAIL {name}: {exc}")
+    return failed
+
+
+def _server_checks(cfg: BridgeConfig) -> list[tuple[str, Any]]:
+    checks: list[tuple[str, Any]] = []
+    if cfg.mqtt is not None:
+        try:
+            from bridge.mqtt import check_mqtt
+        except ImportError:
+            pass
+        else:
+            checks.append(("mqtt", check_mqtt(cfg.mqtt)))
+    if cfg.influxdb is not None:
+        try:
+            from bridge.store.check import check_influx
+        except ImportError:
+            pass
+        else:
+            checks.append(("influxdb", check_influx(cfg.influxdb)))
+    return checks
+
+
+@main.command()
+@click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="How many simulated miners (boards and firmware versions cycle).")
+@click.option("--duration", default=None, type=click.FloatRange(min=1),
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+              help="Poll interval, seconds.")
+@click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo's SQLite store goes (data-dir/demo.db).")
+@click.option("--mqtt", "mqtt_addr", default=None, metavar="HOST:PORT",
+              help="Also publish to this MQTT broker (with Home Assistant discovery).")
+@click.option("--time-scale", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Simulated seconds per real second (thermal lag plays out faster).")
+def demo(miners: int, duration: float | None, interval: float, data_dir: str, mqtt_addr: str | None,
+         time_scale: float) -> None:
+    """Start a simulated fleet and run the bridge against it: nothing else needed.
+
+    Readings are logged as they arrive and stored in DATA_DIR/demo.db, which
+    `bitaxe-analyze --source sqlite:DATA_DIR/demo.db report` can read afterwards.
+    """
+    _setup_logging("INFO")
+    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt_addr, time_scale))
+
+
+async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt_addr: str | None,
+                time_scale: float) -> None:
+    from simulator.server import Fleet, SimMinerSpec
+
+    specs = [SimMinerSpec(board=DEMO_FLEET[i % len(DEMO_FLEET)][0], firmware=DEMO_FLEET[i % len(DEMO_FLEET)][1],
+                          name=f"sim-{i + 1}", seed=i) for i in range(n)]
+    async with Fleet(specs, time_scale=time_scale) as fleet:
+        for spec, url in zip(specs, fleet.urls, strict=True):
+            click.echo(f"simulated {spec.board:<10} firmware {spec.firmware:<7} at {url}", err=True)
+        raw: dict[str, Any] = {
+            "miners": [{"name": s.name, "host": h} for s, h in zip(specs, fleet.hosts, strict=True)],
+            "poll_interval": interval,
+            "sqlite": {"path": str(data_dir / "demo.db")},
+        }
+        if mqtt_addr:
+            host, _, port = mqtt_addr.rpartition(":")
+            raw["mqtt"] = {"host": host or "localhost", "port": int(port or 1883)}
+        cfg = parse_config(raw, "demo")
+        await _run(cfg, log_readings=True, duration=duration)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Wires config, poller and sinks together and runs them until a stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterable
+
+import aiohttp
+
+from bridge.config import BridgeConfig
+from bridge.poller import Poller
+from bridge.sinks import Fanout, LogSink, Sink
+
+log = logging.getLogger("bitaxe.bridge")
+
+
+class Bridge:
+    """The running bridge: one aiohttp session, the poller, the fan-out to sinks."""
+
+    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, log_readings: bool = False) -> None:
+        self.cfg = cfg
+        self.fanout = Fanout()
+        self.poller = Poller(cfg, session, self.fanout.publish)
+        reading_log = logging.getLogger("bitaxe.readings")
+        if not log_readings:
+            reading_log.setLevel(logging.WARNING)
+        self.fanout.add(LogSink(reading_log), maxsize=1000, drop_oldest=True)
+
+    def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
+        self.fanout.add(sink, maxsize, drop_oldest)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.fanout.run(), name="fanout")
+            tg.create_task(self.poller.run(), name="poller")
+
+
+def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
+    # Keep-alive with at most 2 sockets per miner: ESP-Miner's httpd has few socket slots (LRU purge),
+    # and the web UI needs some of them.
+    connector = aiohttp.TCPConnector(limit=512, limit_per_host=2,
+                                     keepalive_timeout=max(15.0, 2 * cfg.poll_interval))
+    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "bitaxe-bridge"},
+                                 raise_for_status=False)
+
+
+async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (), log_readings: bool = False,
+                            stop: asyncio.Event | None = None, duration: float | None = None) -> None:
+    """Run the bridge until SIGINT/SIGTERM, `stop` is set, or `duration` seconds pass; then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        async with make_session(cfg) as session:
+            bridge = Bridge(cfg, session, log_readings=log_readings)
+            for sink in extra_sinks:
+                bridge.add_sink(sink)
+            task = asyncio.create_task(bridge.run(), name="bridge")
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                task.result()  # a crash in the bridge itself: surface it
+            log.info("stopping: flushing sinks")
+            task.cancel()
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)

@@ -1,0 +1,154 @@
+"""Polls every miner concurrently on its own schedule, tracks online/offline, and emits readings and events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from bridge.config import BridgeConfig
+from bridge.errors import MinerError
+from bridge.miner import MinerClient
+from bridge.reading import Event, Reading
+
+log = logging.getLogger("bitaxe.poller")
+
+Publish = Callable[[Reading | Event], None]
+
+
+def backoff_delay(failures: int, cap: float, base: float = 1.0) -> float:
+    """1, 2, 4 … cap seconds (for base 1) after the 1st, 2nd, 3rd … consecutive failure."""
+    return float(min(cap, base * 2.0 ** max(0, failures - 1)))
+
+
+@dataclass
+class MinerState:
+    client: MinerClient
+    online: bool = False
+    failures: int = 0
+    last: Reading | None = None
+    last_error: str | None = None
+    polls: int = 0
+    errors: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Poller:
+    """One task per miner inside a TaskGroup: a slow or dead miner never delays the others."""
+
+    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish) -> None:
+        self.cfg = cfg
+        self.publish = publish
+        self.interval = cfg.poll_interval
+        self.offline_after = cfg.http.offline_after
+        self.max_backoff = cfg.http.max_backoff
+        self.backoff_base = cfg.http.backoff_base
+        self.miners: dict[str, MinerState] = {
+            m.name: MinerState(MinerClient(m, session, cfg.http)) for m in cfg.miners
+        }
+
+    async def run(self) -> None:
+        n = len(self.miners)
+        async with asyncio.TaskGroup() as tg:
+            for i, state in enumerate(self.miners.values()):
+                # Spread the first polls over one interval so 1,000 miners are not hit in the same instant.
+                offset = self.interval * i / n if n > 1 else 0.0
+                tg.create_task(self._loop(state, offset), name=f"poll-{state.client.name}")
+
+    async def _loop(self, state: MinerState, offset: float) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + offset
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            ok = await self.poll(state)
+            now = loop.time()
+            if ok:
+                next_at += self.interval
+                if next_at < now:  # fell behind (slow miner, busy loop): don't fire a burst to catch up
+                    next_at = now + self.interval
+            else:
+                # Retry sooner than the interval at first, then back off to max_backoff.
+                next_at = now + backoff_delay(state.failures, self.max_backoff, self.backoff_base)
+
+    async def poll_now(self, name: str) -> Reading:
+        """Read one miner immediately (read-back after a command); the reading is published too."""
+        state = self.miners[name]
+        if not await self.poll(state):
+            raise MinerError(name, state.client.host, state.last_error or "read failed")
+        assert state.last is not None
+        return state.last
+
+    async def poll(self, state: MinerState) -> bool:
+        async with state.lock:
+            state.polls += 1
+            try:
+                reading = await state.client.read()
+            except MinerError as exc:
+                self._failed(state, str(exc))
+                return False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not kill this miner's loop, nor the others
+                log.exception("miner %s: unexpected error while polling", state.client.name)
+                self._failed(state, f"unexpected {type(exc).__name__}: {exc}")
+                return False
+            self._succeeded(state, reading)
+            return True
+
+    def _failed(self, state: MinerState, message: str) -> None:
+        state.failures += 1
+        state.errors += 1
+        state.last_error = message
+        name = state.client.name
+        if state.failures == 1:
+            log.warning("%s", message)
+        else:
+            log.debug("%s (failure %d)", message, state.failures)
+        if state.failures == self.offline_after and (state.online or state.last is None):
+            state.online = False
+            log.warning("miner %s: offline after %d consecutive failures; retrying every %g s at most",
+                        name, state.failures, self.max_backoff)
+            self.publish(Event(name, time.time(), "offline", f"offline after {state.failures} failures: "
+                               f"{message}", {"failures": state.failures, "error": message}))
+
+    def _succeeded(self, state: MinerState, r: Reading) -> None:
+        name = state.client.name
+        prev = state.last
+        if not state.online:
+            if state.failures:
+                log.info("miner %s: back online after %d failures", name, state.failures)
+            state.online = True
+            self.publish(Event(name, r.time, "online", f"online ({r.board.device_model} {r.board.asic_model}, "
+                               f"firmware {r.firmware}, {r.config_tag})",
+                               {"firmware": r.firmware, "config": r.config_tag}))
+        state.failures = 0
+        state.last_error = None
+        if prev is not None:
+            for event in changes(prev, r):
+                self.publish(event)
+        state.last = r
+        self.publish(r)
+
+
+def changes(prev: Reading, r: Reading) -> list[Event]:
+    """Events implied by two consecutive readings of one miner (change points for the analyzer)."""
+    out: list[Event] = []
+    if r.uptime < prev.uptime:
+        out.append(Event(r.miner, r.time, "restart", f"restarted (uptime {prev.uptime:.0f} s -> {r.uptime:.0f} s)",
+                         {"uptime_before": prev.uptime, "uptime": r.uptime}))
+    if r.firmware != prev.firmware:
+        out.append(Event(r.miner, r.time, "firmware_change", f"firmware {prev.firmware} -> {r.firmware}",
+                         {"from": prev.firmware, "to": r.firmware}))
+    if r.config_tag != prev.config_tag:
+        out.append(Event(r.miner, r.time, "config_change", f"clock {prev.config_tag} -> {r.config_tag}",
+                         {"from": prev.config_tag, "to": r.config_tag}))
+    if r.overheat and not prev.overheat:
+        out.append(Event(r.miner, r.time, "overheat", f"firmware overheat mode at {r.config_tag}",
+                         {"config": r.config_tag, "asic_temp": r.asic_temp, "vr_temp": r.vr_temp}))
+    return out
