@@ -10,8 +10,11 @@ from collections.abc import Iterable
 
 import aiohttp
 
+from bridge.commands import Guard
 from bridge.config import BridgeConfig
+from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
+from bridge.safety import Watchdog
 from bridge.sinks import Fanout, LogSink, Sink
 
 log = logging.getLogger("bitaxe.bridge")
@@ -28,6 +31,13 @@ class Bridge:
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
         self.fanout.add(LogSink(reading_log), maxsize=1000, drop_oldest=True)
+        # Every command (MQTT, the watchdog, sessions) goes through this one guard.
+        self.guard = Guard(cfg, self.poller, self.fanout.publish)
+        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True)
+        self.mqtt: MqttBridge | None = None
+        if cfg.mqtt is not None:
+            self.mqtt = MqttBridge(cfg, self.guard)
+            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
 
     def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
         self.fanout.add(sink, maxsize, drop_oldest)

@@ -1,0 +1,162 @@
+"""Commands end to end: MQTT set topics -> guard -> real poller and miner client -> an HTTP miner, and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.config import BridgeConfig, parse_config
+from bridge.daemon import Bridge, make_session
+from tests.mqtt.broker import Watcher
+from tests.support.fixture_miner import FixtureMiner
+from tests.support.servers import Mosquitto, free_port
+
+FIX = Path(__file__).parent.parent / "fixtures" / "firmware"
+
+
+def doc(name: str) -> dict[str, Any]:
+    return json.loads((FIX / name).read_text())
+
+
+@pytest.fixture
+async def turbo() -> AsyncIterator[FixtureMiner]:
+    """A GammaTurbo on firmware 2.15 (60 W; 525@1150 at 33.4 W)."""
+    m = await FixtureMiner(doc("info-v2.15.0.json"), doc("asic-v2.15.0.json")).start()
+    yield m
+    await m.stop()
+
+
+def config(port: int, host: str, safety: dict[str, Any] | None = None) -> BridgeConfig:
+    return parse_config({
+        "miners": [{"name": "garage-1", "host": host}, {"name": "dead-1", "host": f"127.0.0.1:{free_port()}"}],
+        "poll_interval": 0.2,
+        "http": {"timeout": 0.5, "offline_after": 1, "backoff_base": 0.05, "max_backoff": 0.2},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "safety": {"min_command_interval": 0, **(safety or {})},
+        "sqlite": None,
+    })
+
+
+@contextlib.asynccontextmanager
+async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
+    async with make_session(cfg) as session:
+        bridge = Bridge(cfg, session)
+        task = asyncio.create_task(bridge.run())
+        try:
+            assert bridge.mqtt is not None
+            async with asyncio.timeout(15):
+                await bridge.mqtt.connected.wait()
+                while not (bridge.poller.miners["garage-1"].online
+                           and bridge.poller.miners["dead-1"].failures):
+                    await asyncio.sleep(0.05)
+            yield bridge
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def patches(miner: FixtureMiner) -> list[Any]:
+    return [r for r in miner.requests if r[0] != "GET"]
+
+
+async def send(w: Watcher, topic: str, payload: str | bytes, result_topic: str) -> dict[str, Any]:
+    before = len(w.on(result_topic))
+    await w.publish(topic, payload)
+    await w.wait(lambda: len(w.on(result_topic)) > before, what=f"result for {topic} {payload!r}")
+    return dict(w.on(result_topic)[-1].json())
+
+
+async def test_valid_command_changes_the_miner_and_reports_the_result(mosquitto: Mosquitto,
+                                                                      turbo: FixtureMiner) -> None:
+    cfg = config(mosquitto.port, turbo.host)
+    async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/#") as w:
+        result = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
+        assert result["accepted"] is True and result["code"] == "ok", result
+        assert result["request"] == {"frequency": 550.0}
+        assert result["applied"] == {"frequency": 550.0}  # read back from the miner
+        assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550})]
+        assert turbo.info["frequency"] == 550
+        await w.wait(lambda: any(s.json().get("config_tag") == "550@1150"
+                                 for s in w.on("bitaxe/garage-1/state")), what="new state")
+        result = await send(w, "bitaxe/garage-1/set", '{"frequency": 525, "core_voltage": "1100"}',
+                            "bitaxe/garage-1/result")
+        assert result["accepted"] is True, result
+        assert patches(turbo)[-1] == ("PATCH", "/api/system", {"frequency": 525, "coreVoltage": 1100})
+
+
+BAD_OVER_MQTT: list[tuple[str, str, str | bytes, str]] = [
+    ("garage-1", "set/turbo", "1", "unknown_setting"),
+    ("garage-1", "set/frequency", "fast", "bad_value"),
+    ("garage-1", "set/frequency", "NaN", "bad_value"),
+    ("garage-1", "set/frequency", "-525", "out_of_range"),
+    ("garage-1", "set/frequency", "700", "not_in_options"),
+    ("garage-1", "set/frequency", "1e308", "not_in_options"),
+    ("garage-1", "set/core_voltage", "1175", "not_in_options"),
+    ("garage-1", "set/frequency", "", "bad_payload"),
+    ("garage-1", "set", "[550]", "bad_payload"),
+    ("garage-1", "set", '{"frequency": {"mhz": 550}}', "bad_value"),
+    ("garage-1", "set", '{"frequency": true}', "bad_value"),
+    ("garage-1", "set", '{"frequency": 550, "core_voltage": 5000}', "not_in_options"),
+    ("garage-1", "set", '{"frequency": 550, "overclock": 1}', "unknown_setting"),
+    ("garage-1", "set/fan_speed", "101", "out_of_range"),
+    ("garage-1", "set/auto_fan", "2", "bad_value"),
+    ("garage-1", "set/restart", "yes", "bad_value"),
+    ("garage-1", "set/frequency", "625", "power_envelope"),
+    ("attic-9", "set/frequency", "525", "unknown_miner"),
+    ("dead-1", "set/frequency", "525", "offline"),
+]
+
+
+async def test_bad_commands_over_mqtt_are_answered_and_never_reach_the_miner(mosquitto: Mosquitto,
+                                                                              turbo: FixtureMiner) -> None:
+    # 0.6 × 60 W = 36 W: 625@1150 predicts 33.4 × 625/525 ≈ 39.8 W.
+    cfg = config(mosquitto.port, turbo.host, {"max_power_fraction": 0.6})
+    async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/+/result") as w:
+        for miner, suffix, payload, code in BAD_OVER_MQTT:
+            result = await send(w, f"bitaxe/{miner}/{suffix}", payload, f"bitaxe/{miner}/result")
+            assert (result["accepted"], result["code"]) == (False, code), (suffix, payload, result)
+            assert result["reason"]
+        assert patches(turbo) == []
+
+
+async def test_too_fast_and_retained_commands(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:
+    cfg = config(mosquitto.port, turbo.host, {"min_command_interval": 60})
+    async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/+/result") as w:
+        first = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
+        assert first["accepted"] is True
+        second = await send(w, "bitaxe/garage-1/set/frequency", "525", "bitaxe/garage-1/result")
+        assert (second["accepted"], second["code"]) == (False, "rate_limited")
+        # A retained command would replay on every reconnect: ignored.
+        await w.publish("bitaxe/garage-1/set/core_voltage", "1100", retain=True)
+        await asyncio.sleep(0.5)
+        assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550})]
+        await w.publish("bitaxe/garage-1/set/core_voltage", "", retain=True)
+
+
+async def test_watchdog_steps_down_through_the_guard_and_locks_out(mosquitto: Mosquitto,
+                                                                    turbo: FixtureMiner) -> None:
+    turbo.info["frequency"] = 600  # running above stock (525@1150)
+    cfg = config(mosquitto.port, turbo.host, {"max_chip_temp": 68, "hysteresis": 5})
+    async with bridge_running(cfg) as bridge, Watcher(mosquitto.port, "bitaxe/#") as w:
+        turbo.info["temp"] = 70.5
+        await w.wait(lambda: turbo.info["frequency"] == 525, what="step-down")
+        assert ("PATCH", "/api/system", {"frequency": 525}) in patches(turbo)
+        await w.wait(lambda: any(json.loads(s.payload).get("kind") == "safety"
+                                 for s in w.on("bitaxe/garage-1/event")), what="safety event")
+        assert "garage-1" in bridge.guard.lockouts
+        raised = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
+        assert (raised["accepted"], raised["code"]) == (False, "safety_lockout")
+        turbo.info["temp"] = 65.0  # below the limit but not below limit - hysteresis: still locked
+        await asyncio.sleep(0.6)
+        assert "garage-1" in bridge.guard.lockouts
+        turbo.info["temp"] = 60.0
+        await w.wait(lambda: "garage-1" not in bridge.guard.lockouts, what="release")
+        again = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
+        assert again["accepted"] is True, again
