@@ -52,8 +52,8 @@ async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
             assert bridge.mqtt is not None
             async with asyncio.timeout(15):
                 await bridge.mqtt.connected.wait()
-                while not (bridge.poller.miners["garage-1"].online
-                           and bridge.poller.miners["dead-1"].failures):  # noqa: ASYNC110
+                miners = bridge.poller.miners
+                while not (miners["garage-1"].online and miners["dead-1"].failures):  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             yield bridge
         finally:
