@@ -202,6 +202,27 @@ class MinerModel:
         self.hashing = True
         self.overheat = self.power_off = False
 
+    def warm_start(self, uptime: float = 3600.0) -> None:
+        """Jump to the steady state of the current config after `uptime` seconds of mining (cheap)."""
+        t = self.truth()
+        self.actual_frequency = self.frequency
+        if self.autofan:
+            self.chip_temp, self.vr_temp, self.fan = t.chip_temp, t.vr_temp, t.fan_pct / 100.0
+        else:
+            self.fan = self.manual_fan_pct / 100.0
+            self.chip_temp = self._chip_temp_ss(t.power, self.fan)
+            self.vr_temp = self._vr_temp_ss(t.power, self.fan)
+        self.uptime = uptime
+        self.time = max(self.time, uptime)
+        self._ema = dict.fromkeys(self._ema, t.hashrate)
+        n = _poisson(self.rng, t.hashrate * 1e9 * uptime / (self.pool_difficulty * DIFF1))
+        rej = min(n, _poisson(self.rng, n * (0.002 + t.error_pct / 200.0)))
+        self.shares_accepted, self.shares_rejected = n - rej, rej
+        if n:
+            best = self.pool_difficulty / max(1e-300, 1.0 - self.rng.random() ** (1.0 / n))
+            self.best_session_diff = best
+            self.best_diff = max(self.best_diff, best)
+
     def stall(self) -> None:
         """Enter the known bad state: API fine, ASIC not hashing, VR output 0, power still drawn."""
         self.hashing = False
