@@ -318,8 +318,7 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
              "isCurrent": False, "isFactory": True, "usagePercent": 71},
             {"label": "ota_0", "version": f"v{ver}", "compileDate": "Nov  1 2026", "compileTime": "12:00:00",
              "isCurrent": True, "isFactory": False, "usagePercent": 83},
-            {"label": "ota_1", "version": None, "compileDate": None, "compileTime": None,
-             "isCurrent": False, "isFactory": False, "usagePercent": None},
+            {"label": "ota_1", "isCurrent": False, "isFactory": False},  # empty slot: optional keys left out
         ],
     }
     fields = INFO_FIELDS[ver]
