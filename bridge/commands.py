@@ -59,7 +59,7 @@ def _number(value: Any) -> float:
 def _integer(value: Any) -> int:
     number = _number(value)
     if number != int(number):
-        raise ValueError(f"{fmt_number(number)} is not a whole number of mV")
+        raise ValueError(f"{_num(number)} is not a whole number of mV")
     return int(number)
 
 
@@ -229,6 +229,11 @@ def _in(value: float, options: tuple[float, ...] | tuple[int, ...]) -> bool:
     return any(math.isclose(value, o, abs_tol=1e-6) for o in options)
 
 
+def _num(value: float) -> str:
+    """A number for a message: 525, 562.5, or 1e+308 rather than its 309 digits."""
+    return fmt_number(value) if abs(value) < 1e9 else f"{value:.3g}"
+
+
 def _opts(options: tuple[float, ...] | tuple[int, ...]) -> str:
     return " ".join(fmt_number(o) for o in options)
 
@@ -289,25 +294,25 @@ class Guard:
             if not custom:
                 raise CommandRejected(
                     "not_in_options",
-                    f'miner "{miner}": frequency {fmt_number(cmd.frequency)} MHz is not one of the '
+                    f'miner "{miner}": frequency {_num(cmd.frequency)} MHz is not one of the '
                     f"{board.device_model}'s options ({_opts(board.frequency_options)}); custom clocks need "
                     "safety.allow_custom_clocks")
             if safety.max_frequency is None or cmd.frequency > safety.max_frequency:
                 raise CommandRejected(
                     "above_max",
-                    f'miner "{miner}": frequency {fmt_number(cmd.frequency)} MHz is above '
-                    f"safety.max_frequency ({fmt_number(safety.max_frequency or 0) or 'unset'} MHz)")
+                    f'miner "{miner}": frequency {_num(cmd.frequency)} MHz is above '
+                    f"safety.max_frequency ({_num(safety.max_frequency) if safety.max_frequency else 'unset'} MHz)")
         if cmd.core_voltage is not None and not _in(cmd.core_voltage, board.voltage_options):
             if not custom:
                 raise CommandRejected(
                     "not_in_options",
-                    f'miner "{miner}": core voltage {cmd.core_voltage} mV is not one of the '
+                    f'miner "{miner}": core voltage {_num(cmd.core_voltage)} mV is not one of the '
                     f"{board.device_model}'s options ({_opts(board.voltage_options)}); custom clocks need "
                     "safety.allow_custom_clocks")
             if safety.max_core_voltage is None or cmd.core_voltage > safety.max_core_voltage:
                 raise CommandRejected(
                     "above_max",
-                    f'miner "{miner}": core voltage {cmd.core_voltage} mV is above '
+                    f'miner "{miner}": core voltage {_num(cmd.core_voltage)} mV is above '
                     f"safety.max_core_voltage ({safety.max_core_voltage or 'unset'} mV)")
         if (cmd.frequency is not None or cmd.core_voltage is not None) and board.max_power:
             freq = cmd.frequency if cmd.frequency is not None else last.frequency
@@ -318,7 +323,7 @@ class Guard:
             if predicted > limit and predicted > last.power:
                 raise CommandRejected(
                     "power_envelope",
-                    f'miner "{miner}": {fmt_number(freq)}@{volt} would draw about {predicted:.1f} W '
+                    f'miner "{miner}": {_num(freq)}@{volt} would draw about {predicted:.1f} W '
                     f"(scaled from {last.power:.1f} W at {last.config_tag}), above "
                     f"{safety.max_power_fraction:g} × {board.max_power:g} W = {limit:.1f} W")
         lockout = self.lockouts.get(miner)

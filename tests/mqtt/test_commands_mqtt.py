@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 from bridge.config import BridgeConfig, parse_config
 from bridge.daemon import Bridge, make_session
+from simulator.server import Fleet, SimMinerSpec
 from tests.mqtt.broker import Watcher
 from tests.support.fixture_miner import FixtureMiner
 from tests.support.servers import Mosquitto, free_port
@@ -30,6 +32,28 @@ async def turbo() -> AsyncIterator[FixtureMiner]:
     m = await FixtureMiner(doc("info-v2.15.0.json"), doc("asic-v2.15.0.json")).start()
     yield m
     await m.stop()
+
+
+@dataclass
+class Backend:
+    """A miner behind real HTTP: the simulator, or the scripted fixture miner (fixed readings)."""
+
+    host: str
+    requests: Callable[[], list[tuple[str, str, Any]]]
+    frequency: Callable[[], float]
+    envelope: float  # a max_power_fraction between the power now and at 625@1250
+
+
+@pytest.fixture(params=["sim", "fixture"])
+async def miner(request: pytest.FixtureRequest, turbo: FixtureMiner) -> AsyncIterator[Backend]:
+    if request.param == "fixture":
+        # 33.4 W of 60 W now; 625@1250 predicts about 47 W, above 0.6 × 60 W.
+        yield Backend(turbo.host, lambda: list(turbo.requests), lambda: float(turbo.info["frequency"]), 0.6)
+        return
+    async with Fleet([SimMinerSpec(board="Gamma", firmware="2.15.0")]) as fleet:
+        sim = fleet.miners[0]
+        # About 17 W of 40 W at stock; 625@1250 predicts about 24 W, above 0.5 × 40 W.
+        yield Backend(fleet.hosts[0], lambda: list(sim.requests), lambda: sim.model.frequency, 0.5)
 
 
 def config(port: int, host: str, safety: dict[str, Any] | None = None) -> BridgeConfig:
@@ -62,8 +86,9 @@ async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
                 await task
 
 
-def patches(miner: FixtureMiner) -> list[Any]:
-    return [r for r in miner.requests if r[0] != "GET"]
+def patches(miner: FixtureMiner | Backend) -> list[Any]:
+    log = miner.requests() if isinstance(miner, Backend) else miner.requests
+    return [r for r in log if r[0] != "GET"]
 
 
 async def send(w: Watcher, topic: str, payload: str | bytes, result_topic: str) -> dict[str, Any]:
@@ -74,21 +99,22 @@ async def send(w: Watcher, topic: str, payload: str | bytes, result_topic: str) 
 
 
 async def test_valid_command_changes_the_miner_and_reports_the_result(mosquitto: Mosquitto,
-                                                                      turbo: FixtureMiner) -> None:
-    cfg = config(mosquitto.port, turbo.host)
+                                                                      miner: Backend) -> None:
+    cfg = config(mosquitto.port, miner.host)
     async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/#") as w:
         result = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
         assert result["accepted"] is True and result["code"] == "ok", result
         assert result["request"] == {"frequency": 550.0}
         assert result["applied"] == {"frequency": 550.0}  # read back from the miner
-        assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550})]
-        assert turbo.info["frequency"] == 550
+        assert patches(miner) == [("PATCH", "/api/system", {"frequency": 550})]
+        assert miner.frequency() == 550
         await w.wait(lambda: any(s.json().get("config_tag") == "550@1150"
                                  for s in w.on("bitaxe/garage-1/state")), what="new state")
         result = await send(w, "bitaxe/garage-1/set", '{"frequency": 525, "core_voltage": "1100"}',
                             "bitaxe/garage-1/result")
         assert result["accepted"] is True, result
-        assert patches(turbo)[-1] == ("PATCH", "/api/system", {"frequency": 525, "coreVoltage": 1100})
+        assert patches(miner)[-1] == ("PATCH", "/api/system", {"frequency": 525, "coreVoltage": 1100})
+        assert miner.frequency() == 525
 
 
 BAD_OVER_MQTT: list[tuple[str, str, str | bytes, str]] = [
@@ -108,22 +134,21 @@ BAD_OVER_MQTT: list[tuple[str, str, str | bytes, str]] = [
     ("garage-1", "set/fan_speed", "101", "out_of_range"),
     ("garage-1", "set/auto_fan", "2", "bad_value"),
     ("garage-1", "set/restart", "yes", "bad_value"),
-    ("garage-1", "set/frequency", "625", "power_envelope"),
+    ("garage-1", "set", '{"frequency": 625, "core_voltage": 1250}', "power_envelope"),
     ("attic-9", "set/frequency", "525", "unknown_miner"),
     ("dead-1", "set/frequency", "525", "offline"),
 ]
 
 
 async def test_bad_commands_over_mqtt_are_answered_and_never_reach_the_miner(mosquitto: Mosquitto,
-                                                                              turbo: FixtureMiner) -> None:
-    # 0.6 × 60 W = 36 W: 625@1150 predicts 33.4 × 625/525 ≈ 39.8 W.
-    cfg = config(mosquitto.port, turbo.host, {"max_power_fraction": 0.6})
+                                                                              miner: Backend) -> None:
+    cfg = config(mosquitto.port, miner.host, {"max_power_fraction": miner.envelope})
     async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/+/result") as w:
-        for miner, suffix, payload, code in BAD_OVER_MQTT:
-            result = await send(w, f"bitaxe/{miner}/{suffix}", payload, f"bitaxe/{miner}/result")
+        for name, suffix, payload, code in BAD_OVER_MQTT:
+            result = await send(w, f"bitaxe/{name}/{suffix}", payload, f"bitaxe/{name}/result")
             assert (result["accepted"], result["code"]) == (False, code), (suffix, payload, result)
             assert result["reason"]
-        assert patches(turbo) == []
+        assert patches(miner) == []  # the miner's own request log: nothing but reads
 
 
 async def test_too_fast_and_retained_commands(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:
