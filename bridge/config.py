@@ -52,6 +52,7 @@ class MqttConfig(_Strict):
     username: str | None = None
     password: str | None = None
     tls: bool = False
+    ca_file: str | None = None  # PEM bundle for a broker with a private CA (tls: true); default: system CAs
     client_id: str | None = None
     prefix: str = Field("bitaxe", pattern=r"^[^#+\s]+$")
     discovery_prefix: str = Field("homeassistant", pattern=r"^[^#+\s]+$")

@@ -127,7 +127,7 @@ class MqttBridge:
     # ---- connection -------------------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
         m = self.mqtt
-        tls = ssl.create_default_context() if m.tls else None
+        tls = ssl.create_default_context(cafile=m.ca_file) if m.tls else None
         return aiomqtt.Client(
             m.host, m.port, username=m.username, password=m.password, identifier=m.client_id,
             keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT,
@@ -148,6 +148,12 @@ class MqttBridge:
                         log.info("mqtt: connected to %s (prefix %s)", where, self.mqtt.prefix)
                         async for message in client.messages:
                             self._dispatch(message)
+                    except asyncio.CancelledError:
+                        # Shutdown: a clean disconnect does not fire the last will, so say it ourselves.
+                        with contextlib.suppress(aiomqtt.MqttError):
+                            await client.publish(self.topics.bridge_availability, "offline", qos=1,
+                                                 retain=True, timeout=2)
+                        raise
                     finally:
                         self.client = None
                         self.connected.clear()

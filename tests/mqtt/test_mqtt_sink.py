@@ -43,10 +43,10 @@ async def running(bridge: MqttBridge) -> AsyncIterator[MqttBridge]:
             await bridge.connected.wait()
         yield bridge
     finally:
-        await bridge.aclose()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await bridge.aclose()
 
 
 def discovery_of(r: Any) -> set[str]:
@@ -78,6 +78,13 @@ async def test_state_availability_and_discovery(mosquitto: Mosquitto) -> None:
         assert any(t.startswith("homeassistant/binary_sensor/bitaxe_bridge_bitaxe/") for t in snap)
         await bridge.handle(Event("garage-1", r.time, "offline", "5 failures"))
         await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/garage-1/availability") == b"offline")
+
+
+async def test_clean_shutdown_says_offline(mosquitto: Mosquitto) -> None:
+    async with running(MqttBridge(config(mosquitto.port))):
+        await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/bridge/availability") == b"online")
+    snap = await retained(mosquitto.port, "bitaxe/#")
+    assert snap["bitaxe/bridge/availability"] == b"offline"
 
 
 async def test_last_will_when_the_bridge_is_killed(mosquitto: Mosquitto) -> None:
