@@ -44,6 +44,28 @@ def topics_for(cfg: MqttConfig) -> Topics:
     return Topics(cfg.prefix, cfg.discovery_prefix)
 
 
+def client_for(m: MqttConfig, will: aiomqtt.Will | None = None, identifier: str | None = None) -> aiomqtt.Client:
+    tls = ssl.create_default_context(cafile=m.ca_file) if m.tls else None
+    return aiomqtt.Client(
+        m.host, m.port, username=m.username, password=m.password, identifier=identifier or m.client_id,
+        keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT, will=will,
+    )
+
+
+async def check_mqtt(m: MqttConfig) -> str:
+    """Connect once (check-config); raises an error that names the broker and the fix."""
+    where = f"{m.host}:{m.port}"
+    try:
+        async with asyncio.timeout(PUBLISH_TIMEOUT):
+            # Its own client id: reusing the bridge's would kick a running bridge off the broker.
+            async with client_for(m, identifier=f"bitaxe-bridge-check-{uuid.uuid4().hex[:8]}"):
+                pass
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        raise RuntimeError(f"cannot connect to MQTT broker {where}: {exc or 'timed out'}; check mqtt.host, "
+                           "mqtt.port, credentials and tls in the config") from None
+    return f"connected to {where}" + (" (TLS)" if m.tls else "")
+
+
 def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -126,13 +148,8 @@ class MqttBridge:
 
     # ---- connection -------------------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
-        m = self.mqtt
-        tls = ssl.create_default_context(cafile=m.ca_file) if m.tls else None
-        return aiomqtt.Client(
-            m.host, m.port, username=m.username, password=m.password, identifier=m.client_id,
-            keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT,
-            will=aiomqtt.Will(self.topics.bridge_availability, "offline", qos=1, retain=True),
-        )
+        will = aiomqtt.Will(self.topics.bridge_availability, "offline", qos=1, retain=True)
+        return client_for(self.mqtt, will)
 
     async def run(self) -> None:
         backoff = 1.0

@@ -18,7 +18,7 @@ import pytest
 from bridge.config import BridgeConfig, parse_config
 from bridge.discovery import MinerIdentity, Topics, miner_discovery
 from bridge.metrics import METRICS
-from bridge.mqtt import MqttBridge
+from bridge.mqtt import MqttBridge, check_mqtt
 from bridge.reading import Event
 from tests.mqtt.broker import Watcher, retained, wait_retained
 from tests.mqtt.readings import reading
@@ -198,3 +198,12 @@ async def test_custom_prefixes(mosquitto: Mosquitto, prefix: str) -> None:
         snap = await wait_retained(mosquitto.port, lambda s: want <= set(s))
         payload = json.loads(snap[next(t for t in want if t.startswith("ha/"))])
         assert payload["availability"][0]["topic"] == f"{prefix}/bridge/availability"
+
+
+async def test_check_mqtt(mosquitto: Mosquitto) -> None:
+    cfg = config(mosquitto.port)
+    assert cfg.mqtt is not None
+    assert "connected" in await check_mqtt(cfg.mqtt)
+    mosquitto.stop()
+    with pytest.raises(RuntimeError, match=r"mqtt\.host"):
+        await check_mqtt(cfg.mqtt)
