@@ -1,0 +1,85 @@
+"""The Home Assistant dashboard and blueprints: valid YAML with !input, and entity ids discovery produces."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.discovery import MinerIdentity, Topics, bridge_discovery, miner_discovery
+from tests.mqtt.readings import reading
+
+HA = Path(__file__).resolve().parents[2] / "homeassistant"
+BLUEPRINTS = sorted((HA / "blueprints" / "automation" / "bitaxe").glob("*.yaml"))
+
+
+class Input(str):
+    """An `!input name` reference."""
+
+
+class BlueprintLoader(yaml.SafeLoader):
+    pass
+
+
+BlueprintLoader.add_constructor("!input", lambda loader, node: Input(loader.construct_scalar(node)))
+
+
+def load(path: Path) -> Any:
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=BlueprintLoader)  # a SafeLoader subclass
+
+
+def walk(node: Any) -> list[Any]:
+    out = [node]
+    if isinstance(node, dict):
+        for v in node.values():
+            out += walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += walk(v)
+    return out
+
+
+def test_both_blueprints_exist() -> None:
+    assert {p.name for p in BLUEPRINTS} == {"notify_overheat_or_not_hashing.yaml",
+                                            "lower_clock_on_power_or_price.yaml"}
+
+
+@pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
+def test_blueprint_is_valid_and_every_input_is_declared(path: Path) -> None:
+    doc = load(path)
+    bp = doc["blueprint"]
+    assert bp["domain"] == "automation" and bp["name"] and bp["description"]
+    declared = set(bp["input"])
+    used = {n for n in walk({k: v for k, v in doc.items() if k != "blueprint"}) if isinstance(n, Input)}
+    assert used, "a blueprint that uses none of its inputs"
+    assert used <= declared, f"undeclared inputs {used - declared}"
+    assert declared <= used, f"inputs never used {declared - used}"
+    for spec in bp["input"].values():
+        assert "selector" in spec and "name" in spec
+    assert doc["triggers"] and doc["actions"]
+
+
+def test_dashboard_uses_entity_ids_that_discovery_produces() -> None:
+    text = (HA / "dashboard.yaml").read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    assert doc["views"]
+    topics = Topics()
+    produced = {p["default_entity_id"] for p in bridge_discovery(topics).values()}
+    for miner in ("garage-1", "shed-2"):
+        produced |= {p["default_entity_id"]
+                     for p in miner_discovery(MinerIdentity.of(reading(miner)), topics).values()}
+    used = set(re.findall(r"\b(?:sensor|binary_sensor|select|number|switch|button)\.bitaxe_[a-z0-9_]+", text))
+    assert used, "no entities in the dashboard"
+    assert used <= produced, f"entity ids discovery does not produce: {sorted(used - produced)}"
+
+
+def test_blueprint_examples_name_real_entities() -> None:
+    produced = {p["default_entity_id"]
+                for p in miner_discovery(MinerIdentity.of(reading("garage-1")), Topics()).values()}
+    for path in BLUEPRINTS:
+        for entity in re.findall(r"\b(?:sensor|binary_sensor|select|button)\.bitaxe_garage_1_[a-z0-9_]+",
+                                 path.read_text(encoding="utf-8")):
+            assert entity in produced, (path.name, entity)
