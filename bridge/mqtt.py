@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -49,6 +50,8 @@ def client_for(m: MqttConfig, will: aiomqtt.Will | None = None, identifier: str 
     return aiomqtt.Client(
         m.host, m.port, username=m.username, password=m.password, identifier=identifier or m.client_id,
         keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT, will=will,
+        # Without TCP_NODELAY a QoS 1 publish after a small QoS 0 one waits ~40 ms (Nagle + delayed ACK).
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
 
 
