@@ -129,6 +129,7 @@ class BridgeConfig(_Strict):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
 
     @model_validator(mode="after")
     def _unique(self) -> BridgeConfig:
