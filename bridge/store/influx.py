@@ -122,7 +122,7 @@ class V1Writer:
         if self.session is None:
             self.session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-                connector=aiohttp.TCPConnector(ssl=None if self.cfg.verify_ssl else False))
+                connector=aiohttp.TCPConnector(ssl=self.cfg.verify_ssl))
 
     async def _post(self, path: str, params: dict[str, str], body: bytes | None) -> tuple[int, str]:
         assert self.session is not None, "start() first"
@@ -155,7 +155,7 @@ class V1Writer:
 
 
 class V2Writer:
-    """InfluxDB v2 write API (2.x, 3.x, 1.8 compat, VictoriaMetrics) through influxdb-client's async client."""
+    """InfluxDB v2 write API (2.x, 3.x, 1.8 compat, VictoriaMetrics) via influxdb-client's async client."""
 
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
@@ -181,7 +181,7 @@ class V2Writer:
         try:
             async with asyncio.timeout(self.cfg.timeout):
                 await self.client.write_api().write(bucket=self.bucket, org=self.org, record=body,
-                                                    write_precision=WritePrecision.MS)
+                                                    write_precision=WritePrecision.MS)  # type: ignore[arg-type]
         except ApiException as exc:
             status = int(exc.status or 0)
             text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")

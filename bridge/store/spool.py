@@ -1,4 +1,4 @@
-"""Durable write-ahead spool: append-only segment files of CRC-checked records, acked after the store confirms.
+"""Durable write-ahead spool: append-only segments of CRC-checked records, acked once the store confirms.
 
 Layout of a spool directory:
   000000000001.seg, 000000000002.seg, …   records, oldest first
@@ -110,7 +110,7 @@ class Spool:
             if start:
                 count = _scan(path, min(start, good_end))[0]
             self.segments.append(Segment(seq, path, good_end, count))
-        # Appends always go to a fresh segment: old ones are immutable once the process that wrote them is gone.
+        # Appends go to a fresh segment: old ones are immutable once the process that wrote them is gone.
         next_seq = max([s.seq for s in self.segments] + [self.ack_cursor.segment, 0]) + 1
         self._new_segment(next_seq)
         if all(s.seq != self.ack_cursor.segment for s in self.segments):
@@ -193,7 +193,7 @@ class Spool:
                     length, crc = HEADER.unpack_from(data, pos)
                     payload = data[pos + HEADER.size:pos + HEADER.size + length]
                     if len(payload) != length or zlib.crc32(payload) != crc:
-                        # Only disk corruption gets here (open() cut torn tails); skip the rest of the segment.
+                        # Only disk corruption gets here (open() cut torn tails); skip the segment's rest.
                         log.error("spool %s: corrupt record at offset %d; skipping %d byte(s)",
                                   seg.path, offset + pos, len(data) - pos)
                         pos = len(data)
