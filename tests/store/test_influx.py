@@ -35,7 +35,8 @@ def rows(server: InfluxDB1, q: str, db: str) -> list[dict[str, object]]:
     return out
 
 
-async def test_v1_round_trip_tags_fields_types_and_ms_timestamps(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+async def test_v1_round_trip_tags_fields_types_and_ms_timestamps(influxdb1: InfluxDB1,
+                                                                 tmp_path: Path) -> None:
     create_db(influxdb1, "roundtrip")
     sink = InfluxSink(v1_config(influxdb1, tmp_path, "roundtrip"))
     await sink.start()
@@ -60,7 +61,8 @@ async def test_v1_round_trip_tags_fields_types_and_ms_timestamps(influxdb1: Infl
                 assert g.get(m.key) is None, m.key
     assert got[3]["vr_temp"] is None
 
-    types = {row["fieldKey"]: row["fieldType"] for row in rows(influxdb1, "SHOW FIELD KEYS FROM bitaxe", "roundtrip")}
+    keys = rows(influxdb1, "SHOW FIELD KEYS FROM bitaxe", "roundtrip")
+    types = {row["fieldKey"]: row["fieldType"] for row in keys}
     for m in STORE_METRICS:
         if m.key in store_fields(readings[0]):
             assert types[m.key] == ("float" if m.kind == "float" else "integer"), m.key
@@ -91,7 +93,7 @@ async def test_field_type_conflict_is_set_aside_and_the_rest_written(influxdb1: 
     old = 978_307_200.0  # 2001-01-01
     req = urllib.request.Request(f"{influxdb1.url}/write?db=conflict&precision=ms",
                                  data=f"bitaxe,miner=garage-1 power=1i {int(old * 1000)}".encode())
-    urllib.request.urlopen(req, timeout=5).read()
+    urllib.request.urlopen(req, timeout=5).read()  # noqa: ASYNC210 - test setup
     sink = InfluxSink(v1_config(influxdb1, tmp_path, "conflict"))
     await sink.start()
     for i in range(9):
@@ -145,7 +147,7 @@ async def test_v2_api_into_victoriametrics(victoria: VictoriaMetrics, tmp_path: 
     assert sink.written == 20 and sink.pending == 0
     victoria.flush()
     q = urllib.parse.urlencode({"match[]": '{__name__=~"bitaxe_(hashrate|core_voltage)"}'})
-    with urllib.request.urlopen(f"{victoria.url}/api/v1/export?{q}", timeout=10) as resp:
+    with urllib.request.urlopen(f"{victoria.url}/api/v1/export?{q}", timeout=10) as resp:  # noqa: ASYNC210
         series = [json.loads(line) for line in resp.read().decode().splitlines()]
     by_name = {s["metric"]["__name__"]: s for s in series}
     hr = by_name["bitaxe_hashrate"]
