@@ -26,7 +26,7 @@ async def main(kind: str, cfg_json: str, start: int, count: int, interval: float
     else:
         sink = SqliteSink(SqliteConfig.model_validate_json(cfg_json))
     await sink.start()
-    runner = asyncio.create_task(sink.run())  # type: ignore[attr-defined]
+    runner = asyncio.create_task(sink.run())
     i = start
     while count < 0 or i < start + count:
         await sink.handle(reading(i))
