@@ -185,23 +185,20 @@ class Spool:
                 continue
             offset = cursor.offset if seg.seq == cursor.segment else 0
             if offset < seg.size:
-                with open(seg.path, "rb") as f:
+                with open(seg.path, "rb", buffering=256 * 1024) as f:
                     f.seek(offset)
-                    data = f.read(seg.size - offset)
-                pos = 0
-                while pos + HEADER.size <= len(data) and len(records) < max_records:
-                    length, crc = HEADER.unpack_from(data, pos)
-                    payload = data[pos + HEADER.size:pos + HEADER.size + length]
-                    if len(payload) != length or zlib.crc32(payload) != crc:
-                        # Only disk corruption gets here (open() cut torn tails); skip the segment's rest.
-                        log.error("spool %s: corrupt record at offset %d; skipping %d byte(s)",
-                                  seg.path, offset + pos, len(data) - pos)
-                        pos = len(data)
-                        break
-                    records.append(payload)
-                    counts[seg.seq] = counts.get(seg.seq, 0) + 1
-                    pos += HEADER.size + length
-                offset += pos
+                    while offset + HEADER.size <= seg.size and len(records) < max_records:
+                        length, crc = HEADER.unpack(f.read(HEADER.size))
+                        payload = f.read(length) if length <= MAX_RECORD else b""
+                        if len(payload) != length or zlib.crc32(payload) != crc:
+                            # Only disk corruption gets here (open() cut torn tails): skip the segment's rest.
+                            log.error("spool %s: corrupt record at offset %d; skipping %d byte(s)",
+                                      seg.path, offset, seg.size - offset)
+                            offset = seg.size
+                            break
+                        records.append(payload)
+                        counts[seg.seq] = counts.get(seg.seq, 0) + 1
+                        offset += HEADER.size + length
             cursor = Cursor(seg.seq, offset)
             if offset >= seg.size and i + 1 < len(self.segments) and seg is not self.active:
                 cursor = Cursor(self.segments[i + 1].seq, 0)
