@@ -24,7 +24,7 @@ log = logging.getLogger("bitaxe.store.sqlite")
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_MS = 10_000
-_SQL_TYPE = {"float": "REAL", "int": "INTEGER", "bool": "INTEGER", "str": "TEXT"}
+SQL_TYPE = {"float": "REAL", "int": "INTEGER", "bool": "INTEGER", "str": "TEXT"}
 
 TAG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in TAGS)
 METRIC_COLUMNS: tuple[str, ...] = tuple(m.key for m in STORE_METRICS)
@@ -38,7 +38,7 @@ def _q(name: str) -> str:
 
 def _column_defs() -> list[tuple[str, str]]:
     return ([("time", "REAL NOT NULL")] + [(t, "TEXT") for t in TAG_COLUMNS]
-            + [(m.key, _SQL_TYPE[m.kind]) for m in STORE_METRICS])
+            + [(m.key, SQL_TYPE[m.kind]) for m in STORE_METRICS])
 
 
 def _sql_value(v: Value) -> float | int | str | None:
