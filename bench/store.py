@@ -1,4 +1,4 @@
-"""Storage throughput: line-protocol encoding, SQLite, the spool, InfluxDB 1.x /write and VictoriaMetrics (v2 API).
+"""Storage throughput: line-protocol encoding, SQLite, the spool, InfluxDB 1.x /write, VictoriaMetrics (v2).
 
     python3 -m bench.store [--points N] [--no-write]
 

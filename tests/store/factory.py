@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zlib
 from dataclasses import replace
 
@@ -14,7 +15,8 @@ GAMMA = BoardInfo(
     max_power=40, nominal_voltage=5,
 )
 
-T0 = 1_764_000_000.0  # 2025-11-24, a fixed instant so series are reproducible
+# Yesterday 00:00 UTC: recent enough for retention pruning, identical in every test process of a day.
+T0 = float((int(time.time()) // 86400 - 1) * 86400)
 
 
 def reading(i: int = 0, miner: str = "garage-1", t0: float = T0, step: float = 5.0,
