@@ -1,4 +1,4 @@
-"""Both store sinks under the bridge's fan-out: run() flushes while polling goes on, shutdown flushes the rest."""
+"""Both store sinks under the bridge's fan-out: run() flushes during polling, shutdown flushes the rest."""
 
 from __future__ import annotations
 

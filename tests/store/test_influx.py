@@ -174,3 +174,28 @@ async def test_unreachable_server_spools_then_delivers(tmp_path: Path) -> None:
         assert rows(server, "SELECT count(hashrate) FROM bitaxe", "late")[0]["count"] == 7
     finally:
         server.stop()
+
+
+async def test_v2_outage_spools_then_replays_in_order(victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    cfg = InfluxConfig.model_validate({"url": victoria.url, "bucket": "bitaxe", "org": "home",
+                                       "spool_dir": str(tmp_path / "spool"), "timeout": 2})
+    sink = InfluxSink(cfg)
+    await sink.start()
+    for i in range(5):
+        await sink.handle(reading(i))
+    await sink.flush()
+    victoria.stop()
+    for i in range(5, 30):
+        await sink.handle(reading(i))
+    await sink.flush()
+    assert sink.pending == 25
+    victoria.start()
+    await sink.flush()
+    await sink.aclose()
+    assert sink.pending == 0 and sink.written == 30
+    victoria.flush()
+    q = urllib.parse.urlencode({"match[]": "bitaxe_shares_accepted"})
+    with urllib.request.urlopen(f"{victoria.url}/api/v1/export?{q}", timeout=10) as resp:  # noqa: ASYNC210
+        series = json.loads(resp.read().decode().splitlines()[0])
+    assert series["timestamps"] == [round(reading(i).time * 1000) for i in range(30)]
+    assert series["values"] == [reading(i).shares_accepted for i in range(30)]
