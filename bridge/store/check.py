@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import InfluxConfig
-from bridge.store.influx import v2_bucket, v2_token
+from bridge.store.influx import basic_auth, v2_bucket, v2_token
 
 
 class StoreCheckError(Exception):
@@ -42,9 +42,9 @@ async def check_influx(cfg: InfluxConfig) -> str:
 
 async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:
     db = cfg.database or ""
-    auth = aiohttp.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
+    auth = basic_auth(cfg)
     status, text, _ = await _request(session, "POST", base + "/query", cfg,
-                                     data={"q": "SHOW DATABASES"}, auth=auth)
+                                     data={"q": "SHOW DATABASES"}, headers=auth)
     if status in (401, 403):
         raise StoreCheckError(f"InfluxDB at {cfg.url} refused the credentials (HTTP {status}); check "
                               "influxdb.username and influxdb.password")
@@ -62,7 +62,8 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
             "influxdb.create_database: true")
     if cfg.retention_policy:
         status, text, _ = await _request(session, "POST", base + "/query", cfg,
-                                         data={"q": f'SHOW RETENTION POLICIES ON "{db}"'}, auth=auth)
+                                         data={"q": f'SHOW RETENTION POLICIES ON "{db}"'},
+                                         headers=auth)
         if cfg.retention_policy not in _series_values(text):
             raise StoreCheckError(
                 f"InfluxDB at {cfg.url}: database {db!r} has no retention policy "

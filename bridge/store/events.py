@@ -17,7 +17,7 @@ import aiohttp
 
 from bridge.config import BridgeConfig, InfluxConfig
 from bridge.reading import Event
-from bridge.store.influx import WriteError, make_writer, v2_token
+from bridge.store.influx import WriteError, basic_auth, make_writer, v2_token
 from bridge.store.points import LineEncoder
 from bridge.store.sqlite import SqliteStore, open_readonly
 
@@ -114,14 +114,13 @@ async def _read_influx(cfg: InfluxConfig, kinds: Sequence[str], miner: str | Non
     if cfg.retention_policy:
         params["rp"] = cfg.retention_policy
     headers: dict[str, str] = {}
-    auth = None
-    if cfg.api == "v1" and cfg.username:
-        auth = aiohttp.BasicAuth(cfg.username, cfg.password or "")
+    if cfg.api == "v1":
+        headers = basic_auth(cfg)
     elif cfg.api == "v2" and (token := v2_token(cfg)):
         headers["Authorization"] = f"Token {token}"
     try:
         async with aiohttp.ClientSession() as session, asyncio.timeout(cfg.timeout):
-            async with session.post(cfg.url.rstrip("/") + "/query", data=params, auth=auth,
+            async with session.post(cfg.url.rstrip("/") + "/query", data=params,
                                     headers=headers) as resp:
                 text = await resp.text()
                 if resp.status >= 300:

@@ -18,6 +18,7 @@ Failures are sorted by what fixes them (docs/storage.md):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -88,6 +89,14 @@ def v2_bucket(cfg: InfluxConfig) -> str:
     return f"{db}/{cfg.retention_policy}" if cfg.retention_policy else db
 
 
+def basic_auth(cfg: InfluxConfig) -> dict[str, str]:
+    """HTTP basic auth headers for the 1.x API (built here: aiohttp deprecates its BasicAuth)."""
+    if not cfg.username:
+        return {}
+    raw = f"{cfg.username}:{cfg.password or ''}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
 def v2_token(cfg: InfluxConfig) -> str:
     if cfg.token:
         return cfg.token
@@ -116,7 +125,7 @@ class V1Writer:
         self.params = {"db": cfg.database or "", "precision": "ms"}
         if cfg.retention_policy:
             self.params["rp"] = cfg.retention_policy
-        self.auth = aiohttp.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
+        self.headers = basic_auth(cfg)
 
     async def start(self) -> None:
         if self.session is None:
@@ -129,7 +138,7 @@ class V1Writer:
         try:
             async with asyncio.timeout(self.cfg.timeout):
                 async with self.session.post(self.cfg.url.rstrip("/") + path, params=params, data=body,
-                                             auth=self.auth) as resp:
+                                             headers=self.headers) as resp:
                     return resp.status, (await resp.text()).strip()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WriteError("transient", None, _describe(exc), self.target) from None
