@@ -46,7 +46,7 @@ def _cfg(server: InfluxDB1, tmp_path: Path, password: str) -> InfluxConfig:
 async def test_wrong_password_keeps_points_and_check_says_so(influx_auth: AuthInfluxDB1, tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     bad = _cfg(influx_auth, tmp_path, "wrong")
-    with pytest.raises(StoreCheckError, match="refused the credentials.*username and influxdb.password"):
+    with pytest.raises(StoreCheckError, match=r"refused the credentials.*username and influxdb\.password"):
         await check_influx(bad)
     sink = InfluxSink(bad)
     await sink.start()

@@ -93,3 +93,28 @@ def test_bound_drops_oldest_segment_with_counter_and_warning(tmp_path: Path,
     # What is left is the newest points, contiguous and in order; dropped + left = all.
     assert got == [f"p{i:04d}" for i in range(200 - len(got), 200)]
     assert s.dropped + len(got) == 200
+
+
+def test_random_appends_acks_and_crashes_match_a_simple_model(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(4)
+    s = _open(tmp_path, segment_bytes=300)
+    model: list[str] = []  # unacked records, oldest first
+    n = 0
+    for _ in range(2000):
+        op = rng.random()
+        if op < 0.55:
+            s.append(f"r{n}".encode() + b"." * rng.randint(0, 60))
+            model.append(f"r{n}")
+            n += 1
+        elif op < 0.9:
+            b = s.read(rng.randint(1, 20))
+            assert [r.decode().rstrip(".") for r in b.records] == model[:len(b)]
+            if rng.random() < 0.8:  # else: the write failed, nothing acked
+                s.ack(b)
+                del model[:len(b)]
+        else:  # the process dies (no close) and starts again
+            s = _open(tmp_path, segment_bytes=300)
+        assert s.pending == len(model)
+    assert s.dropped == 0 and s.torn == 0
