@@ -94,6 +94,10 @@ class LineEncoder:
             v = fn(reading)
             if v is None:
                 continue
+            if render is _render_float and type(v) is float:
+                if v - v == 0.0:  # finite: inf - inf and nan - nan are nan
+                    fields.append(prefix + repr(v))
+                continue
             text = render(v)
             if text is not None:
                 fields.append(prefix + text)
