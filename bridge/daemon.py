@@ -16,6 +16,7 @@ import aiohttp
 from bridge.config import BridgeConfig
 from bridge.poller import Poller
 from bridge.sinks import Fanout, LogSink, Sink
+from bridge.store import STORE_QUEUE_SIZE, build_store_sinks
 
 log = logging.getLogger("bitaxe.bridge")
 
@@ -31,6 +32,9 @@ class Bridge:
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
         self.fanout.add(LogSink(reading_log), maxsize=1000, drop_oldest=True)
+        for sink in build_store_sinks(cfg):
+            # Storage must not drop readings: a large queue, and the sinks spool/batch themselves.
+            self.fanout.add(sink, maxsize=STORE_QUEUE_SIZE, drop_oldest=False)
 
     def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
         self.fanout.add(sink, maxsize, drop_oldest)
