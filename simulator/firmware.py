@@ -15,7 +15,8 @@ from simulator.physics import MinerModel, Sample
 
 VERSIONS: tuple[str, ...] = ("2.6.0", "2.9.0", "2.12.0", "2.15.0")
 
-# Properties of `SystemInfo` in each version's spec (all required there, except the few in _OPTIONAL).
+# Properties of `SystemInfo` in each version's spec, plus its required keys: the v2.9 and v2.12 specs
+# require "expectedHashrate" without declaring it as a property (the firmware sends it).
 INFO_FIELDS: dict[str, tuple[str, ...]] = {
     "2.6.0": (
         "ASICModel", "apEnabled", "asicCount", "autofanspeed", "bestDiff", "bestSessionDiff",
@@ -38,6 +39,7 @@ INFO_FIELDS: dict[str, tuple[str, ...]] = {
         "sharesRejectedReasons", "smallCoreCount", "ssid", "stratumExtranonceSubscribe", "stratumPort",
         "stratumSuggestedDifficulty", "stratumURL", "stratumUser", "temp", "uptimeSeconds", "version",
         "axeOSVersion", "voltage", "vrTemp", "wifiStatus", "wifiRSSI", "displayTimeout", "statsFrequency",
+        "expectedHashrate",
     ),
     "2.12.0": (
         "ASICModel", "apEnabled", "autofanspeed", "bestDiff", "bestSessionDiff", "boardVersion",
@@ -52,7 +54,7 @@ INFO_FIELDS: dict[str, tuple[str, ...]] = {
         "ssid", "ipv4", "ipv6", "stratumExtranonceSubscribe", "stratumPort", "stratumSuggestedDifficulty",
         "stratumURL", "stratumUser", "temp", "temp2", "uptimeSeconds", "version", "axeOSVersion",
         "voltage", "vrTemp", "wifiStatus", "wifiRSSI", "displayTimeout", "statsFrequency", "blockHeight",
-        "scriptsig", "networkDifficulty", "blockFound", "hashrateMonitor",
+        "scriptsig", "networkDifficulty", "blockFound", "hashrateMonitor", "expectedHashrate",
     ),
     "2.15.0": (
         "ASICModel", "apEnabled", "autofanspeed", "bestDiff", "bestSessionDiff", "boardVersion",
@@ -307,10 +309,7 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
         "coinbaseOutputs": [{"value": 312_500_000, "address": "bc1qsimulatedminer0000000000000000000000"}],
         "coinbaseValueTotalSatoshis": 312_500_000,
         "coinbaseValueUserSatoshis": 312_500_000,
-        "hashrateMonitor": {"asics": [
-            {"total": h, "domains": [h / 4.0] * 4, "errorCount": e}
-            for h, e in zip(s.chip_hashrates, s.chip_errors, strict=True)
-        ]},
+        "hashrateMonitor": _hashrate_monitor(ver, s),
         "miningPaused": False,
         "workReceived": int(model.uptime * 2.5),
         "partitions": [
@@ -331,6 +330,17 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
         doc["bestDiff"] = format_difficulty(s.best_diff)
         doc["bestSessionDiff"] = format_difficulty(s.best_session_diff)
     return doc
+
+
+def _hashrate_monitor(version: str, s: Sample) -> dict[str, Any]:
+    """Per-ASIC hashrate registers: v2.12 sends domain rates as strings and an error *rate*; v2.15 counts."""
+    err = s.error_pct / 100.0
+    if version_tuple(version) < (2, 15):
+        lost = err / max(1e-9, 1.0 - err)
+        return {"asics": [{"total": h, "domains": [f"{h / 4.0:.2f}"] * 4, "error": h * lost}
+                          for h in s.chip_hashrates]}
+    return {"asics": [{"total": h, "domains": [h / 4.0] * 4, "errorCount": e}
+                      for h, e in zip(s.chip_hashrates, s.chip_errors, strict=True)]}
 
 
 def asic_document(board: BoardSpec) -> dict[str, Any]:

@@ -290,7 +290,7 @@ class Fleet:
                 self._sockets.append(sock)
                 m.port = sock.getsockname()[1]
                 self._by_port[m.port] = m
-                await web.SockSite(self._runner, sock, shutdown_timeout=0.5).start()
+                await web.SockSite(self._runner, sock).start()
         except BaseException:
             await self.close()
             raise
