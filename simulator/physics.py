@@ -385,6 +385,7 @@ class MinerModel:
                 self._overheat_since = self.time
                 self.autofan = False
                 self.manual_fan_pct = 100.0
+                self.fan = 1.0
             return
         cooled = self.chip_temp <= SAFE_TEMP and self.vr_temp <= VR_THROTTLE_TEMP - 10
         if cooled and self.time - self._overheat_since >= MIN_COOLING:
