@@ -20,8 +20,9 @@ def long_run(model: MinerModel, seconds: int) -> dict[str, float]:
         ts.append(s.chip_temp)
         es.append(s.error_pct)
         vrs.append(s.vr_temp)
-    return {"hashrate": statistics.fmean(hs), "power": statistics.fmean(ps), "chip_temp": statistics.fmean(ts),
-            "error_pct": statistics.fmean(es), "vr_temp": statistics.fmean(vrs)}
+    mean = statistics.fmean
+    return {"hashrate": mean(hs), "power": mean(ps), "chip_temp": mean(ts), "error_pct": mean(es),
+            "vr_temp": mean(vrs)}
 
 
 @pytest.mark.parametrize(("board", "freq", "volt"), [
