@@ -130,6 +130,11 @@ def has_statistics(version: str) -> bool:
     return version_tuple(version) >= (2, 9)
 
 
+def has_dashboard(version: str) -> bool:
+    # /api/system/statistics/dashboard exists in the v2.9 spec only
+    return (2, 9) <= version_tuple(version) < (2, 12)
+
+
 def format_difficulty(value: float) -> str:
     """The pre-2.12 firmware's suffix format: 4294967296 → "4.29G"."""
     for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -369,9 +374,18 @@ def statistics_row(s: Sample, wifi_rssi: float, free_heap: float) -> dict[str, f
     }
 
 
+DASHBOARD_COLUMNS = ("hashrate", "asicTemp", "power")
+
+
 def statistics_document(rows: list[tuple[float, dict[str, float]]], now_ms: float,
-                        columns: list[str] | None) -> dict[str, Any]:
-    """GET /api/system/statistics: labels plus rows of numbers, the timestamp (ms since boot) last."""
+                        columns: list[str] | None, dashboard: bool = False) -> dict[str, Any]:
+    """GET /api/system/statistics: labels plus rows of numbers, the timestamp (ms since boot) last.
+
+    dashboard: the v2.9 /statistics/dashboard variant (fixed columns, no labels).
+    """
+    if dashboard:
+        return {"currentTimestamp": now_ms,
+                "statistics": [[row[c] for c in DASHBOARD_COLUMNS] + [t] for t, row in rows]}
     labels = [c for c in (columns or list(STATS_COLUMNS)) if c in STATS_COLUMNS]
     return {
         "currentTimestamp": now_ms,

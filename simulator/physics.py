@@ -68,6 +68,7 @@ class Truth:
     vr_temp: float
     fan_pct: float = 0.0
     expected_hashrate: float = 0.0  # GH/s, the firmware's frequency × cores × chips / 1000
+    overheats: bool = False  # even a full fan cannot keep it below the firmware's limits: not sustainable
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ class MinerModel:
             vr_temp=self._vr_temp_ss(power, fan),
             fan_pct=fan * 100.0,
             expected_hashrate=expected,
+            overheats=temp > THROTTLE_TEMP or self._vr_temp_ss(power, fan) > VR_THROTTLE_TEMP,
         )
 
     def _mean_state(self) -> tuple[float, float, float]:

@@ -375,8 +375,11 @@ def _get_asic(miner: SimMiner, request: web.Request, body: Any, action: Action) 
 def _get_statistics(miner: SimMiner, request: web.Request, body: Any, action: Action) -> web.Response:
     miner.sync()
     cols = request.query.get("columns")
+    if fw.version_tuple(miner.firmware) < (2, 12):
+        cols = None  # v2.9 has no column selection
     columns = [c.strip() for c in cols.split(",") if c.strip()] if cols else None
-    doc = fw.statistics_document(list(miner.stats), miner.model.uptime * 1000.0, columns)
+    dashboard = request.path.endswith("/dashboard")
+    doc = fw.statistics_document(list(miner.stats), miner.model.uptime * 1000.0, columns, dashboard)
     return _doc_response(doc, action)
 
 
@@ -421,6 +424,7 @@ _ROUTES: dict[tuple[str, str], tuple[_Handler, Callable[[str], bool], bool]] = {
     ("GET", "/api/system/info"): (_get_info, _always, True),
     ("GET", "/api/system/asic"): (_get_asic, fw.has_asic_endpoint, True),
     ("GET", "/api/system/statistics"): (_get_statistics, fw.has_statistics, True),
+    ("GET", "/api/system/statistics/dashboard"): (_get_statistics, fw.has_dashboard, True),
     ("PATCH", "/api/system"): (_patch_system, _always, False),
     ("POST", "/api/system/restart"): (_post_restart, _always, False),
     ("POST", "/api/system/identify"): (_post_identify, fw.has_identify, False),

@@ -137,3 +137,19 @@ async def test_statistics_validate_and_record_points() -> None:
     assert doc["labels"] == ["hashrate", "power", "asicTemp", "timestamp"]
     assert len(doc["statistics"]) == 10
     assert all(900 < row[0] < 1300 for row in doc["statistics"])
+
+
+async def test_v29_statistics_and_dashboard_validate() -> None:
+    async with Fleet([SimMinerSpec(firmware="2.9.0")]) as fleet, aiohttp.ClientSession() as http:
+        miner = fleet.miners[0]
+        async with http.patch(miner.url + "/api/system", json={"statsFrequency": 5}) as r:
+            assert r.status == 200
+        miner.advance(31)
+        async with http.get(miner.url + "/api/system/statistics") as r:
+            stats = await r.json()
+        async with http.get(miner.url + "/api/system/statistics/dashboard") as r:
+            dash = await r.json()
+    check("2.9.0", response_schema("2.9.0", "/api/system/statistics"), stats)
+    check("2.9.0", response_schema("2.9.0", "/api/system/statistics/dashboard"), dash)
+    assert len(stats["statistics"]) == len(dash["statistics"]) == 6
+    assert stats["labels"][-1] == "timestamp" and len(stats["labels"]) == len(stats["statistics"][0])

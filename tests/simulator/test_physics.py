@@ -189,3 +189,10 @@ def test_hashrate_noise_is_autocorrelated() -> None:
         hs.append(model.sample().hashrate_1m)
     lag1 = statistics.correlation(hs[:-1], hs[1:])
     assert lag1 > 0.9
+
+
+def test_truth_flags_configs_that_cannot_be_cooled() -> None:
+    model = MinerModel(BOARDS["Gamma"])
+    assert not model.truth().overheats
+    hot = model.truth(1000, 1400)
+    assert hot.overheats and hot.chip_temp > THROTTLE_TEMP and hot.fan_pct == 100
