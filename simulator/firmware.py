@@ -188,7 +188,10 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
     b = ctx.board
     st = ctx.settings
     ver = ctx.version
-    hashrate = s.hashrate if ctx.hashrate_override is None else ctx.hashrate_override
+    # Since ~v2.11 hashRate is the ~1 s register reading; older firmware derived it from shares.
+    hashrate = s.hashrate if version_tuple(ver) >= (2, 12) else s.hashrate_shares
+    if ctx.hashrate_override is not None:
+        hashrate = ctx.hashrate_override
     total_hashes = model.uptime * s.hashrate_1h * 1e9
     values: dict[str, Any] = {
         "ASICModel": b.asic_model,

@@ -83,6 +83,7 @@ class Sample:
     hashrate_1m: float
     hashrate_10m: float
     hashrate_1h: float
+    hashrate_shares: float  # what pre-2.11 firmware reported: a share-derived, smoothed estimate
     expected_hashrate: float
     power: float
     chip_temp: float
@@ -418,6 +419,9 @@ class MinerModel:
         rpm = max(0.0, self._rpm_max * self.fan**0.9 * rng.gauss(1.0, 0.01)) if self.fan > 0.02 else 0.0
         err_pct = 0.0 if hashrate <= 0 else max(0.0, err * 100.0 * (1.0 + 0.05 * rng.gauss(0.0, 1.0)))
         chips = tuple(reg * s for s in self._chip_share)
+        # Share-derived estimate over ~10 min: Poisson noise of the shares counted in the window.
+        n_win = self._ema[600.0] * 1e9 * 600.0 / (self.pool_difficulty * DIFF1)
+        by_shares = self._ema[600.0] * (1.0 + rng.gauss(0.0, 1.0) / math.sqrt(n_win)) if n_win > 1 else 0.0
         return Sample(
             frequency=self.frequency,
             core_voltage=self.core_voltage,
@@ -427,6 +431,7 @@ class MinerModel:
             hashrate_1m=self._ema[60.0],
             hashrate_10m=self._ema[600.0],
             hashrate_1h=self._ema[3600.0],
+            hashrate_shares=max(0.0, by_shares),
             expected_hashrate=self.expected_hashrate,
             power=p,
             chip_temp=chip_t,

@@ -196,3 +196,13 @@ def test_truth_flags_configs_that_cannot_be_cooled() -> None:
     assert not model.truth().overheats
     hot = model.truth(1000, 1400)
     assert hot.overheats and hot.chip_temp > THROTTLE_TEMP and hot.fan_pct == 100
+
+
+def test_old_firmware_share_derived_hashrate_has_the_same_mean() -> None:
+    model = MinerModel(BOARDS["Gamma"], seed=11)
+    model.warm_start()
+    vals = []
+    for _ in range(7200):
+        model.step(1.0)
+        vals.append(model.sample().hashrate_shares)
+    assert statistics.fmean(vals) == pytest.approx(model.truth().hashrate, rel=0.02)
