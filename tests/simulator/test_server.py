@@ -178,3 +178,18 @@ async def test_time_scale_speeds_up_simulated_time() -> None:
     info = miner.info()
     assert info["uptimeSeconds"] >= 250
     assert info["hashRate"] > 0
+
+
+async def test_power_off_refuses_connections_until_power_on(http: aiohttp.ClientSession) -> None:
+    async with Fleet([SimMinerSpec(), SimMinerSpec()]) as fleet:
+        miner = fleet.miners[0]
+        port = miner.port
+        await fleet.power_off(0)
+        with pytest.raises(aiohttp.ClientConnectorError):  # connection refused, not a timeout
+            await get_json(http, miner, "/api/system/info")
+        await get_json(http, fleet.miners[1], "/api/system/info")  # the others keep running
+        async with http.post(fleet.miners[1].url + "/sim/power", json={"index": 0, "on": True}) as r:
+            assert (await r.json())["powered"] is True
+        miner.advance(5)
+        info = await get_json(http, miner, "/api/system/info")
+        assert miner.port == port and info["uptimeSeconds"] < 10
