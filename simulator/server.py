@@ -304,7 +304,9 @@ class Fleet:
     async def power_off(self, index: int) -> None:
         """Unplug miner `index`: its port refuses connections (open ones are dropped) until power_on()."""
         m = self.miners[index]
+        m.sync()
         m.powered = False
+        m.model.power_off = True  # no hashing, cools down; power_on() boots it fresh
         site = self._sites.pop(index, None)
         if site is not None:
             await site.stop()
