@@ -153,3 +153,25 @@ async def test_v29_statistics_and_dashboard_validate() -> None:
     check("2.9.0", response_schema("2.9.0", "/api/system/statistics/dashboard"), dash)
     assert len(stats["statistics"]) == len(dash["statistics"]) == 6
     assert stats["labels"][-1] == "timestamp" and len(stats["labels"]) == len(stats["statistics"][0])
+
+
+@pytest.mark.parametrize("version", fw.VERSIONS)
+@pytest.mark.parametrize("state", ["cold_boot", "not_hashing", "overheat", "spike"])
+def test_odd_states_still_validate(version: str, state: str) -> None:
+    fleet = Fleet([SimMinerSpec(board="Gamma", firmware=version, warm=state != "cold_boot")])
+    miner = fleet.miners[0]
+    if state == "not_hashing":
+        miner.set_fault("not_hashing")
+    elif state == "spike":
+        miner.set_fault("spike")
+    elif state == "overheat":
+        miner.model.set_fan(False, 0)
+        miner.model.set_clock(700, 1300)
+        while not miner.model.overheat:
+            miner.model.step(5)
+    info = miner.info()
+    check(version, response_schema(version, "/api/system/info"), info)
+    if state in ("cold_boot", "not_hashing", "overheat") and fw.version_tuple(version) >= (2, 12):
+        assert info["hashRate"] == 0  # older firmware's share-derived value decays over minutes instead
+    if state == "overheat":
+        assert info["overheat_mode"] == 1
