@@ -267,15 +267,17 @@ class MinerModel:
         needed = fan_for_resistance(rise / (power * self._r_scale))
         return min(1.0, max(self.min_fan, needed))
 
-    def truth(self, frequency: float | None = None, core_voltage: int | None = None) -> Truth:
-        """Ground truth (long-run means) of a config at this miner's ambient with the auto fan."""
+    def truth(self, frequency: float | None = None, core_voltage: int | None = None,
+              fan_pct: float | None = None) -> Truth:
+        """Ground truth (long-run means) of a config at this miner's ambient with the auto fan
+        (or a fixed fan_pct, like a manual fan)."""
         f = self.frequency if frequency is None else float(frequency)
         v = self.core_voltage if core_voltage is None else int(core_voltage)
         temp = self.temp_target
         fan = 1.0
-        for _ in range(30):  # fixed point: leakage depends on temperature, temperature on power
+        for _ in range(50):  # fixed point: leakage depends on temperature, temperature on power
             power = self.power_at(f, v, temp)
-            fan = self._auto_fan_target(power)
+            fan = self._auto_fan_target(power) if fan_pct is None else max(0.0, min(1.0, fan_pct / 100.0))
             new = self._chip_temp_ss(power, fan)
             if abs(new - temp) < 1e-6:
                 break

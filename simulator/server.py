@@ -463,7 +463,8 @@ async def _control(miner: SimMiner, fleet: Fleet, request: web.Request) -> web.R
             q = request.query
             f = float(q["frequency"]) if "frequency" in q else None
             v = int(float(q["core_voltage"])) if "core_voltage" in q else None
-            return _json(_truth_json(miner.truth(f, v)))
+            fan = float(q["fan_pct"]) if "fan_pct" in q else None
+            return _json(_truth_json(miner.model.truth(f, v, fan)))
         if path == "/sim/fault" and method == "POST":
             body = await request.json()
             if body.get("clear"):

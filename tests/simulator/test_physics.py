@@ -206,3 +206,14 @@ def test_old_firmware_share_derived_hashrate_has_the_same_mean() -> None:
         model.step(1.0)
         vals.append(model.sample().hashrate_shares)
     assert statistics.fmean(vals) == pytest.approx(model.truth().hashrate, rel=0.02)
+
+
+def test_truth_with_a_manual_fan_matches_samples() -> None:
+    model = MinerModel(BOARDS["Supra"], seed=12)
+    model.set_fan(False, 40)
+    model.warm_start()
+    truth = model.truth(fan_pct=40)
+    mean = long_run(model, 3600)
+    assert mean["chip_temp"] == pytest.approx(truth.chip_temp, abs=0.5)
+    assert mean["power"] == pytest.approx(truth.power, rel=0.015)
+    assert truth.chip_temp != pytest.approx(model.truth().chip_temp, abs=0.5)
