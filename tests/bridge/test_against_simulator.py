@@ -37,7 +37,9 @@ async def test_every_board_and_firmware_version_reads() -> None:
         assert r.board.asic_count >= 1
         # expected hashrate is never 0, whatever version (asicCount moved around v2.9)
         assert r.expected_hashrate == pytest.approx(r.board.expected_hashrate(r.frequency), rel=0.02)
-        assert 0.5 < r.hashrate / r.expected_hashrate < 1.2, (spec, r.hashrate, r.expected_hashrate)
+        # Before ~v2.11 hashRate is share-derived and noisy; later it comes from the ASIC's registers.
+        lo, hi = (0.8, 1.2) if spec.firmware in ("2.12.0", "2.15.0") else (0.4, 1.8)
+        assert lo < r.hashrate / r.expected_hashrate < hi, (spec, r.hashrate, r.expected_hashrate)
         assert r.j_per_th is not None and 5 < r.j_per_th < 60
         assert r.input_voltage is not None and 4.5 < r.input_voltage < 13
         if spec.firmware == "2.6.0":
