@@ -142,6 +142,29 @@ def _server_checks(cfg: BridgeConfig) -> list[tuple[str, Any]]:
 
 
 @main.command()
+@click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="Config whose health_file to read.")
+@click.option("--max-age", default=None, type=float, help="Seconds; default 3 poll intervals + 10.")
+def health(config_path: str, max_age: float | None) -> None:
+    """Exit 0 if the running bridge wrote its heartbeat recently (Docker HEALTHCHECK)."""
+    import json
+    import time
+
+    cfg = _load(config_path)
+    if cfg.health_file is None:
+        raise click.ClickException("health_file is null in the config; nothing to check")
+    try:
+        status = json.loads(cfg.health_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"no heartbeat at {cfg.health_file} ({exc}); is the bridge running?") from None
+    age = time.time() - float(status.get("time", 0))
+    limit = max_age if max_age is not None else 3 * cfg.poll_interval + 10
+    click.echo(f"heartbeat {age:.1f} s old; {status.get('online')}/{status.get('miners')} miners online")
+    if age > limit:
+        raise click.ClickException(f"heartbeat is {age:.0f} s old (limit {limit:.0f} s): the bridge is stuck or down")
+
+
+@main.command()
 @click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="How many simulated miners (boards and firmware versions cycle).")
 @click.option("--duration", default=None, type=click.FloatRange(min=1),

@@ -76,6 +76,7 @@ class InfluxConfig(_Strict):
     database: str | None = None
     retention_policy: str | None = None
     api: Literal["v2", "v1"] = "v2"  # v1: plain 1.x /write endpoint for servers older than 1.8
+    create_database: bool = False  # v1 only: CREATE DATABASE when /write answers 404 (docs/storage.md)
     measurement: str = "bitaxe"
     event_measurement: str = "bitaxe_event"
     batch_size: int = Field(500, ge=1, le=50_000)
@@ -130,6 +131,7 @@ class BridgeConfig(_Strict):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
 
     @model_validator(mode="after")
     def _unique(self) -> BridgeConfig:

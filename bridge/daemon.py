@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
+import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import aiohttp
 
@@ -16,6 +19,7 @@ from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
 from bridge.safety import Watchdog
 from bridge.sinks import Fanout, LogSink, Sink
+from bridge.store import STORE_QUEUE_SIZE, build_store_sinks
 
 log = logging.getLogger("bitaxe.bridge")
 
@@ -31,6 +35,9 @@ class Bridge:
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
         self.fanout.add(LogSink(reading_log), maxsize=1000, drop_oldest=True)
+        for sink in build_store_sinks(cfg):
+            # Storage must not drop readings: a large queue, and the sinks spool/batch themselves.
+            self.fanout.add(sink, maxsize=STORE_QUEUE_SIZE, drop_oldest=False)
         # Every command (MQTT, the watchdog, sessions) goes through this one guard.
         self.guard = Guard(cfg, self.poller, self.fanout.publish)
         self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True)
@@ -46,6 +53,29 @@ class Bridge:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.fanout.run(), name="fanout")
             tg.create_task(self.poller.run(), name="poller")
+            if self.cfg.health_file is not None:
+                tg.create_task(self._heartbeat(self.cfg.health_file), name="heartbeat")
+
+    def health(self) -> dict[str, object]:
+        states = self.poller.miners.values()
+        return {
+            "time": time.time(),
+            "miners": len(self.poller.miners),
+            "online": sum(1 for s in states if s.online),
+            "polls": sum(s.polls for s in states),
+            "poll_errors": sum(s.errors for s in states),
+            "sinks": {q.sink.name: {"queued": q.queue.qsize(), "dropped": q.dropped, "failed": q.failed}
+                      for q in self.fanout.queues},
+        }
+
+    async def _heartbeat(self, path: Path) -> None:
+        """Writes a small JSON status every poll interval; the Docker healthcheck reads its age."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        while True:
+            tmp.write_text(json.dumps(self.health()))
+            tmp.replace(path)  # atomic: the health check never reads a half-written file
+            await asyncio.sleep(self.cfg.poll_interval)
 
 
 def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:

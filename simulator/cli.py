@@ -52,7 +52,8 @@ def build_specs(miners: int, board: str | None, asic: str | None, firmware: str,
             ver = VERSIONS[(i + i // len(_BOARD_CYCLE)) % len(VERSIONS)]
         else:
             fam, ver = family, version
-        specs.append(SimMinerSpec(board=fam, firmware=ver, faults=tuple(per_miner.get(i, ())), ambient=ambient))
+        kinds = tuple(per_miner.get(i, ()))
+        specs.append(SimMinerSpec(board=fam, firmware=ver, faults=kinds, ambient=ambient))
     return specs
 
 
@@ -65,7 +66,8 @@ async def serve(specs: list[SimMinerSpec], host: str, base_port: int, time_scale
         for m in fleet.miners:
             faults = ",".join(f.kind.value for f in m.faults) or "-"
             print(f"miner {m.index:>4}  {m.url}  board={m.board.family}  asic={m.board.asic_model}"
-                  f"x{m.board.asic_count}  firmware={m.firmware}  hostname={m.name}  faults={faults}", flush=True)
+                  f"x{m.board.asic_count}  firmware={m.firmware}  hostname={m.name}  faults={faults}",
+                  flush=True)
         print(f"bitaxe-sim: {len(fleet.miners)} miners ready (time scale {time_scale:g}); "
               "control API under /sim/ on each port; Ctrl-C to stop", flush=True)
         await stop.wait()
@@ -79,7 +81,8 @@ async def serve(specs: list[SimMinerSpec], host: str, base_port: int, time_scale
               help="Miner i listens on BASE_PORT + i (0: any free ports).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--board", default=None, help=f"Board family: {', '.join(BOARDS)} (default Gamma).")
-@click.option("--asic", default=None, help="ASIC model (BM1370, BM1368, BM1366, BM1397): its single-chip board.")
+@click.option("--asic", default=None,
+              help="ASIC model (BM1370, BM1368, BM1366, BM1397): its single-chip board.")
 @click.option("--firmware", "-f", default="2.15.0", show_default=True,
               help=f"Firmware API version: {', '.join(VERSIONS)} (\"2.6\" etc. picks the nearest).")
 @click.option("--mixed", is_flag=True, help="Cycle through all boards and firmware versions.")
@@ -88,8 +91,8 @@ async def serve(specs: list[SimMinerSpec], host: str, base_port: int, time_scale
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (noise, silicon, MACs).")
 @click.option("--ambient", default=25.0, show_default=True, type=float, help="Ambient temperature °C.")
 @click.option("--fault", "faults", multiple=True, metavar="I:KIND[:k=v,...]",
-              help="Inject a fault into miner I, repeatable: timeout, http500, malformed, truncated, flapping, "
-                   "offline, not_hashing, empty_mac, default_hostname, spike, flatline; e.g. "
+              help="Inject a fault into miner I, repeatable: timeout, http500, malformed, truncated, "
+                   "flapping, offline, not_hashing, empty_mac, default_hostname, spike, flatline; e.g. "
                    "--fault 2:flapping:up=30,down=10 --fault 0:spike:probability=0.1")
 def main(miners: int, base_port: int, host: str, board: str | None, asic: str | None, firmware: str,
          mixed: bool, time_scale: float, seed: int, ambient: float, faults: tuple[str, ...]) -> None:

@@ -15,7 +15,8 @@ from simulator.physics import MinerModel, Sample
 
 VERSIONS: tuple[str, ...] = ("2.6.0", "2.9.0", "2.12.0", "2.15.0")
 
-# Properties of `SystemInfo` in each version's spec (all required there, except the few in _OPTIONAL).
+# Properties of `SystemInfo` in each version's spec, plus its required keys: the v2.9 and v2.12 specs
+# require "expectedHashrate" without declaring it as a property (the firmware sends it).
 INFO_FIELDS: dict[str, tuple[str, ...]] = {
     "2.6.0": (
         "ASICModel", "apEnabled", "asicCount", "autofanspeed", "bestDiff", "bestSessionDiff",
@@ -38,6 +39,7 @@ INFO_FIELDS: dict[str, tuple[str, ...]] = {
         "sharesRejectedReasons", "smallCoreCount", "ssid", "stratumExtranonceSubscribe", "stratumPort",
         "stratumSuggestedDifficulty", "stratumURL", "stratumUser", "temp", "uptimeSeconds", "version",
         "axeOSVersion", "voltage", "vrTemp", "wifiStatus", "wifiRSSI", "displayTimeout", "statsFrequency",
+        "expectedHashrate",
     ),
     "2.12.0": (
         "ASICModel", "apEnabled", "autofanspeed", "bestDiff", "bestSessionDiff", "boardVersion",
@@ -52,7 +54,7 @@ INFO_FIELDS: dict[str, tuple[str, ...]] = {
         "ssid", "ipv4", "ipv6", "stratumExtranonceSubscribe", "stratumPort", "stratumSuggestedDifficulty",
         "stratumURL", "stratumUser", "temp", "temp2", "uptimeSeconds", "version", "axeOSVersion",
         "voltage", "vrTemp", "wifiStatus", "wifiRSSI", "displayTimeout", "statsFrequency", "blockHeight",
-        "scriptsig", "networkDifficulty", "blockFound", "hashrateMonitor",
+        "scriptsig", "networkDifficulty", "blockFound", "hashrateMonitor", "expectedHashrate",
     ),
     "2.15.0": (
         "ASICModel", "apEnabled", "autofanspeed", "bestDiff", "bestSessionDiff", "boardVersion",
@@ -128,6 +130,11 @@ def has_statistics(version: str) -> bool:
     return version_tuple(version) >= (2, 9)
 
 
+def has_dashboard(version: str) -> bool:
+    # /api/system/statistics/dashboard exists in the v2.9 spec only
+    return (2, 9) <= version_tuple(version) < (2, 12)
+
+
 def format_difficulty(value: float) -> str:
     """The pre-2.12 firmware's suffix format: 4294967296 → "4.29G"."""
     for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -181,7 +188,10 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
     b = ctx.board
     st = ctx.settings
     ver = ctx.version
-    hashrate = s.hashrate if ctx.hashrate_override is None else ctx.hashrate_override
+    # Since ~v2.11 hashRate is the ~1 s register reading; older firmware derived it from shares.
+    hashrate = s.hashrate if version_tuple(ver) >= (2, 12) else s.hashrate_shares
+    if ctx.hashrate_override is not None:
+        hashrate = ctx.hashrate_override
     total_hashes = model.uptime * s.hashrate_1h * 1e9
     values: dict[str, Any] = {
         "ASICModel": b.asic_model,
@@ -307,10 +317,7 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
         "coinbaseOutputs": [{"value": 312_500_000, "address": "bc1qsimulatedminer0000000000000000000000"}],
         "coinbaseValueTotalSatoshis": 312_500_000,
         "coinbaseValueUserSatoshis": 312_500_000,
-        "hashrateMonitor": {"asics": [
-            {"total": h, "domains": [h / 4.0] * 4, "errorCount": e}
-            for h, e in zip(s.chip_hashrates, s.chip_errors, strict=True)
-        ]},
+        "hashrateMonitor": _hashrate_monitor(ver, s),
         "miningPaused": False,
         "workReceived": int(model.uptime * 2.5),
         "partitions": [
@@ -331,6 +338,17 @@ def info_document(ctx: DeviceContext, model: MinerModel, s: Sample) -> dict[str,
         doc["bestDiff"] = format_difficulty(s.best_diff)
         doc["bestSessionDiff"] = format_difficulty(s.best_session_diff)
     return doc
+
+
+def _hashrate_monitor(version: str, s: Sample) -> dict[str, Any]:
+    """Per-ASIC hashrate registers: v2.12 sends domain rates as strings and an error *rate*; v2.15 counts."""
+    err = s.error_pct / 100.0
+    if version_tuple(version) < (2, 15):
+        lost = err / max(1e-9, 1.0 - err)
+        return {"asics": [{"total": h, "domains": [f"{h / 4.0:.2f}"] * 4, "error": h * lost}
+                          for h in s.chip_hashrates]}
+    return {"asics": [{"total": h, "domains": [h / 4.0] * 4, "errorCount": e}
+                      for h, e in zip(s.chip_hashrates, s.chip_errors, strict=True)]}
 
 
 def asic_document(board: BoardSpec) -> dict[str, Any]:
@@ -359,9 +377,18 @@ def statistics_row(s: Sample, wifi_rssi: float, free_heap: float) -> dict[str, f
     }
 
 
+DASHBOARD_COLUMNS = ("hashrate", "asicTemp", "power")
+
+
 def statistics_document(rows: list[tuple[float, dict[str, float]]], now_ms: float,
-                        columns: list[str] | None) -> dict[str, Any]:
-    """GET /api/system/statistics: labels plus rows of numbers, the timestamp (ms since boot) last."""
+                        columns: list[str] | None, dashboard: bool = False) -> dict[str, Any]:
+    """GET /api/system/statistics: labels plus rows of numbers, the timestamp (ms since boot) last.
+
+    dashboard: the v2.9 /statistics/dashboard variant (fixed columns, no labels).
+    """
+    if dashboard:
+        return {"currentTimestamp": now_ms,
+                "statistics": [[row[c] for c in DASHBOARD_COLUMNS] + [t] for t, row in rows]}
     labels = [c for c in (columns or list(STATS_COLUMNS)) if c in STATS_COLUMNS]
     return {
         "currentTimestamp": now_ms,

@@ -68,6 +68,7 @@ class Truth:
     vr_temp: float
     fan_pct: float = 0.0
     expected_hashrate: float = 0.0  # GH/s, the firmware's frequency × cores × chips / 1000
+    overheats: bool = False  # even a full fan cannot keep it below the firmware's limits: not sustainable
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Sample:
     hashrate_1m: float
     hashrate_10m: float
     hashrate_1h: float
+    hashrate_shares: float  # what pre-2.11 firmware reported: a share-derived, smoothed estimate
     expected_hashrate: float
     power: float
     chip_temp: float
@@ -265,15 +267,17 @@ class MinerModel:
         needed = fan_for_resistance(rise / (power * self._r_scale))
         return min(1.0, max(self.min_fan, needed))
 
-    def truth(self, frequency: float | None = None, core_voltage: int | None = None) -> Truth:
-        """Ground truth (long-run means) of a config at this miner's ambient with the auto fan."""
+    def truth(self, frequency: float | None = None, core_voltage: int | None = None,
+              fan_pct: float | None = None) -> Truth:
+        """Ground truth (long-run means) of a config at this miner's ambient with the auto fan
+        (or a fixed fan_pct, like a manual fan)."""
         f = self.frequency if frequency is None else float(frequency)
         v = self.core_voltage if core_voltage is None else int(core_voltage)
         temp = self.temp_target
         fan = 1.0
-        for _ in range(30):  # fixed point: leakage depends on temperature, temperature on power
+        for _ in range(50):  # fixed point: leakage depends on temperature, temperature on power
             power = self.power_at(f, v, temp)
-            fan = self._auto_fan_target(power)
+            fan = self._auto_fan_target(power) if fan_pct is None else max(0.0, min(1.0, fan_pct / 100.0))
             new = self._chip_temp_ss(power, fan)
             if abs(new - temp) < 1e-6:
                 break
@@ -294,6 +298,7 @@ class MinerModel:
             vr_temp=self._vr_temp_ss(power, fan),
             fan_pct=fan * 100.0,
             expected_hashrate=expected,
+            overheats=temp > THROTTLE_TEMP or self._vr_temp_ss(power, fan) > VR_THROTTLE_TEMP,
         )
 
     def _mean_state(self) -> tuple[float, float, float]:
@@ -385,6 +390,7 @@ class MinerModel:
                 self._overheat_since = self.time
                 self.autofan = False
                 self.manual_fan_pct = 100.0
+                self.fan = 1.0
             return
         cooled = self.chip_temp <= SAFE_TEMP and self.vr_temp <= VR_THROTTLE_TEMP - 10
         if cooled and self.time - self._overheat_since >= MIN_COOLING:
@@ -415,6 +421,9 @@ class MinerModel:
         rpm = max(0.0, self._rpm_max * self.fan**0.9 * rng.gauss(1.0, 0.01)) if self.fan > 0.02 else 0.0
         err_pct = 0.0 if hashrate <= 0 else max(0.0, err * 100.0 * (1.0 + 0.05 * rng.gauss(0.0, 1.0)))
         chips = tuple(reg * s for s in self._chip_share)
+        # Share-derived estimate over ~10 min: Poisson noise of the shares counted in the window.
+        n_win = self._ema[600.0] * 1e9 * 600.0 / (self.pool_difficulty * DIFF1)
+        by_shares = self._ema[600.0] * (1.0 + rng.gauss(0.0, 1.0) / math.sqrt(n_win)) if n_win > 1 else 0.0
         return Sample(
             frequency=self.frequency,
             core_voltage=self.core_voltage,
@@ -424,6 +433,7 @@ class MinerModel:
             hashrate_1m=self._ema[60.0],
             hashrate_10m=self._ema[600.0],
             hashrate_1h=self._ema[3600.0],
+            hashrate_shares=max(0.0, by_shares),
             expected_hashrate=self.expected_hashrate,
             power=p,
             chip_temp=chip_t,

@@ -96,6 +96,7 @@ class SimMiner:
         self._last = clock.now()
         self._next_stat = 0.0
         self._down_until = -1.0
+        self.powered = True  # False: unplugged (Fleet.power_off), the port refuses connections
         for f in spec.faults:
             self.set_fault(f)
 
@@ -165,7 +166,7 @@ class SimMiner:
 
     def is_down(self) -> bool:
         now = self.now()
-        return now < self._down_until or self.faults.is_down(now)
+        return not self.powered or now < self._down_until or self.faults.is_down(now)
 
     def state(self) -> dict[str, Any]:
         self.sync()
@@ -181,7 +182,8 @@ class SimMiner:
             "overheat_count": m.overheat_count, "power_off": m.power_off, "hashing": m.hashing,
             "hashrate": s.hashrate, "power": s.power, "error_pct": s.error_pct,
             "shares_accepted": m.shares_accepted, "shares_rejected": m.shares_rejected,
-            "faults": self.faults.to_json(), "restarts": self.restart_count, "identify": self.identify_count,
+            "faults": self.faults.to_json(), "restarts": self.restart_count, "powered": self.powered,
+            "identify": self.identify_count,
             "requests": {f"{k[0]} {k[1]}": v for k, v in self.request_counts.items()},
             "truth": _truth_json(m.truth()),
         }
@@ -242,7 +244,7 @@ class Fleet:
         self.miners = [SimMiner(s, i, seed, self.clock, host) for i, s in enumerate(self.specs)]
         self._by_port: dict[int, SimMiner] = {}
         self._runner: web.AppRunner | None = None
-        self._sockets: list[socket.socket] = []
+        self._sites: dict[int, web.SockSite] = {}
 
     @property
     def urls(self) -> list[str]:
@@ -275,34 +277,54 @@ class Fleet:
         await self._runner.setup()
         try:
             for m in self.miners:
-                family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                port = self.base_port + m.index if self.base_port else 0
-                try:
-                    sock.bind((self.host, port))
-                except OSError as exc:
-                    sock.close()
-                    raise OSError(exc.errno, f"simulated miner {m.index} ({m.name}): cannot listen on "
-                                  f"{self.host}:{port}: {exc.strerror}; pick another --base-port") from None
-                sock.listen(128)
-                sock.setblocking(False)
-                self._sockets.append(sock)
-                m.port = sock.getsockname()[1]
-                self._by_port[m.port] = m
-                await web.SockSite(self._runner, sock, shutdown_timeout=0.5).start()
+                await self._listen(m, self.base_port + m.index if self.base_port else 0)
         except BaseException:
             await self.close()
             raise
+
+    async def _listen(self, m: SimMiner, port: int) -> None:
+        assert self._runner is not None
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, port))
+            sock.listen(128)
+            sock.setblocking(False)
+            site = web.SockSite(self._runner, sock)
+            await site.start()
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"simulated miner {m.index} ({m.name}): cannot listen on "
+                          f"{self.host}:{port}: {exc.strerror}; pick another --base-port") from None
+        m.port = sock.getsockname()[1]
+        self._by_port[m.port] = m
+        self._sites[m.index] = site
+
+    async def power_off(self, index: int) -> None:
+        """Unplug miner `index`: its port refuses connections (open ones are dropped) until power_on()."""
+        m = self.miners[index]
+        m.sync()
+        m.powered = False
+        m.model.power_off = True  # no hashing, cools down; power_on() boots it fresh
+        site = self._sites.pop(index, None)
+        if site is not None:
+            await site.stop()
+
+    async def power_on(self, index: int) -> None:
+        """Plug it back in: same port, a fresh boot (uptime 0, counters reset)."""
+        m = self.miners[index]
+        if m.powered:
+            return
+        m.powered = True
+        m.restart()
+        await self._listen(m, m.port)
 
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for s in self._sockets:
-            with contextlib.suppress(OSError):
-                s.close()
-        self._sockets.clear()
+        self._sites.clear()
 
     def miner_for(self, request: web.Request) -> SimMiner | None:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
@@ -375,8 +397,11 @@ def _get_asic(miner: SimMiner, request: web.Request, body: Any, action: Action) 
 def _get_statistics(miner: SimMiner, request: web.Request, body: Any, action: Action) -> web.Response:
     miner.sync()
     cols = request.query.get("columns")
+    if fw.version_tuple(miner.firmware) < (2, 12):
+        cols = None  # v2.9 has no column selection
     columns = [c.strip() for c in cols.split(",") if c.strip()] if cols else None
-    doc = fw.statistics_document(list(miner.stats), miner.model.uptime * 1000.0, columns)
+    dashboard = request.path.endswith("/dashboard")
+    doc = fw.statistics_document(list(miner.stats), miner.model.uptime * 1000.0, columns, dashboard)
     return _doc_response(doc, action)
 
 
@@ -421,6 +446,7 @@ _ROUTES: dict[tuple[str, str], tuple[_Handler, Callable[[str], bool], bool]] = {
     ("GET", "/api/system/info"): (_get_info, _always, True),
     ("GET", "/api/system/asic"): (_get_asic, fw.has_asic_endpoint, True),
     ("GET", "/api/system/statistics"): (_get_statistics, fw.has_statistics, True),
+    ("GET", "/api/system/statistics/dashboard"): (_get_statistics, fw.has_dashboard, True),
     ("PATCH", "/api/system"): (_patch_system, _always, False),
     ("POST", "/api/system/restart"): (_post_restart, _always, False),
     ("POST", "/api/system/identify"): (_post_identify, fw.has_identify, False),
@@ -437,7 +463,8 @@ async def _control(miner: SimMiner, fleet: Fleet, request: web.Request) -> web.R
             q = request.query
             f = float(q["frequency"]) if "frequency" in q else None
             v = int(float(q["core_voltage"])) if "core_voltage" in q else None
-            return _json(_truth_json(miner.truth(f, v)))
+            fan = float(q["fan_pct"]) if "fan_pct" in q else None
+            return _json(_truth_json(miner.model.truth(f, v, fan)))
         if path == "/sim/fault" and method == "POST":
             body = await request.json()
             if body.get("clear"):
@@ -456,6 +483,17 @@ async def _control(miner: SimMiner, fleet: Fleet, request: web.Request) -> web.R
             else:
                 miner.advance(seconds)
             return _json({"sim_time": miner.now()})
+        if path == "/sim/power" and method == "POST":
+            # fleet-level: unplug or plug in miner "index" (default: this one), e.g. from another port
+            body = await request.json()
+            index = int(body.get("index", miner.index))
+            if not 0 <= index < len(fleet.miners):
+                raise ValueError(f"no miner {index}")
+            if body["on"]:
+                await fleet.power_on(index)
+            else:
+                await fleet.power_off(index)
+            return _json({"index": index, "powered": fleet.miners[index].powered})
         if path == "/sim/requests" and method == "GET":
             return _json([list(r) for r in miner.requests])
         if path == "/sim/ambient" and method == "POST":

@@ -1,0 +1,69 @@
+"""The daemon end to end: heartbeat/health, and a clean exit on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bridge.cli import main
+from bridge.daemon import run_until_stopped
+from tests.support.fixture_miner import FixtureMiner
+
+FIX = Path(__file__).parent.parent / "fixtures" / "firmware"
+ROOT = Path(__file__).parent.parent.parent
+
+
+async def start_miner() -> FixtureMiner:
+    return await FixtureMiner(json.loads((FIX / "info-v2.12.0.json").read_text()),
+                              json.loads((FIX / "asic-v2.12.0.json").read_text())).start()
+
+
+async def test_heartbeat_and_health_command(tmp_path: Path) -> None:
+    miner = await start_miner()
+    try:
+        cfg_path = tmp_path / "config.yaml"
+        cfg_path.write_text(f"miners:\n  - {{name: g1, host: '{miner.host}'}}\npoll_interval: 0.3\n"
+                            f"sqlite: null\nhealth_file: {tmp_path / 'health.json'}\n")
+        from bridge.config import load_config
+
+        await run_until_stopped(load_config(cfg_path), duration=1.5)
+        status = json.loads((tmp_path / "health.json").read_text())
+        assert status["miners"] == 1 and status["online"] == 1 and status["polls"] >= 3
+        res = CliRunner().invoke(main, ["health", "--config", str(cfg_path)])
+        assert res.exit_code == 0, res.output
+        res = CliRunner().invoke(main, ["health", "--config", str(cfg_path), "--max-age", "0"])
+        assert res.exit_code != 0 and "stuck or down" in res.output
+    finally:
+        await miner.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_run_exits_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    miner = await start_miner()
+    try:
+        cfg_path = tmp_path / "config.yaml"
+        cfg_path.write_text(f"miners:\n  - {{name: g1, host: '{miner.host}'}}\npoll_interval: 0.2\n"
+                            f"sqlite: null\nhealth_file: {tmp_path / 'health.json'}\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg_path), "--log-readings",
+            cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        seen = b""
+        async with asyncio.timeout(20):
+            while b"525@1150" not in seen:  # a reading was logged
+                seen += await proc.stderr.readline()
+        proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            rest = await proc.stderr.read()
+            code = await proc.wait()
+        assert code == 0, (seen + rest).decode()
+        assert b"Traceback" not in rest and b"stopping" in rest
+    finally:
+        await miner.stop()
+

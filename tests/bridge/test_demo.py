@@ -1,0 +1,49 @@
+"""`bitaxe-bridge demo`: live readings of >= 3 simulated miners of different ASIC models within 10 s."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent.parent
+READING = re.compile(r"bitaxe\.readings: (sim-\d+)\s+(\w+)\s+(\d+@\d+)\s+([\d.]+) GH/s\s+([\d.]+) W")
+
+
+def test_demo_shows_three_asic_models_within_10_s(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--miners", "3", "--duration", "30",
+                             "--data-dir", str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    boards: dict[str, str] = {}
+    try:
+        for line in proc.stderr:
+            m = READING.search(line)
+            if m:
+                assert float(m.group(4)) > 0 and float(m.group(5)) > 0
+                boards[m.group(1)] = m.group(2)
+            if len(boards) >= 3 or time.monotonic() - start > 10:
+                break
+        elapsed = time.monotonic() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert len(boards) == 3, f"only {boards} after {elapsed:.1f} s"
+    assert elapsed <= 10
+    # Gamma (BM1370), Supra (BM1368), Ultra (BM1366): three ASIC models
+    assert set(boards.values()) == {"Gamma", "Supra", "Ultra"}
+    assert proc.returncode == 0
+
+
+def test_demo_fills_the_sqlite_store(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "bridge.cli", "demo", "--miners", "3", "--duration", "4",
+                    "--interval", "0.5", "--data-dir", str(tmp_path)], cwd=ROOT, check=True, capture_output=True,
+                   timeout=60)
+    db = tmp_path / "demo.db"
+    with sqlite3.connect(db) as conn:
+        miners = {row[0] for row in conn.execute("SELECT DISTINCT miner FROM readings")}
+        n = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+    assert miners == {"sim-1", "sim-2", "sim-3"} and n >= 9
