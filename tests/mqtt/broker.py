@@ -65,7 +65,7 @@ class Watcher:
     async def wait(self, predicate: Callable[[], object], limit: float = 15.0, what: str = "") -> None:
         try:
             async with asyncio.timeout(limit):
-                while not predicate():  # noqa: ASYNC110 - polls what the collector task appends
+                while not predicate():
                     await asyncio.sleep(0.02)
         except TimeoutError:
             raise AssertionError(f"timed out waiting for {what or predicate}; saw "

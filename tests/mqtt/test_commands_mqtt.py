@@ -77,7 +77,7 @@ async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
             async with asyncio.timeout(15):
                 await bridge.mqtt.connected.wait()
                 miners = bridge.poller.miners
-                while not (miners["garage-1"].online and miners["dead-1"].failures):  # noqa: ASYNC110
+                while not (miners["garage-1"].online and miners["dead-1"].failures):
                     await asyncio.sleep(0.05)
             yield bridge
         finally:

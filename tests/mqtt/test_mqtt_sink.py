@@ -176,7 +176,7 @@ async def test_broker_restart_bridge_reconnects_and_republishes(mosquitto: Mosqu
 
 
 async def _until(predicate: Any) -> None:
-    while not predicate():  # noqa: ASYNC110 - the bridge's run task flips it
+    while not predicate():
         await asyncio.sleep(0.05)
 
 
