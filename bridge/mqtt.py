@@ -129,13 +129,19 @@ class MqttBridge:
             # A reading means the miner answers, even if the poller's online event is still queued.
             self.online[reading.miner] = True
             await self._publish(self.topics.availability(reading.miner), "online", qos=1, retain=True)
-        if self.client is None:
+        client = self.client
+        if client is None:
             self.dropped += 1
             return
         ident = MinerIdentity.of(reading)
         if self.identity.get(reading.miner) != ident:
-            await self._publish_discovery(self.client, ident)
-        await self._publish(self.topics.state(reading.miner), _dumps(state_document(reading)), retain=True)
+            try:
+                await self._publish_discovery(client, ident)
+            except aiomqtt.MqttError as exc:
+                log.debug("mqtt: discovery for %s dropped: %s", reading.miner, exc)  # resent on reconnect
+        if not await self._publish(self.topics.state(reading.miner), _dumps(state_document(reading)),
+                                   retain=True):
+            self.dropped += 1
 
     async def _publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> bool:
         """Publish if connected; a broker that is away drops the message (the reconnect republishes)."""
