@@ -15,7 +15,7 @@ import pytest
 from bridge.config import BridgeConfig, parse_config
 from bridge.daemon import Bridge, make_session
 from simulator.server import Fleet, SimMinerSpec
-from tests.mqtt.broker import Watcher
+from tests.mqtt.broker import Watcher, wait_retained
 from tests.support.fixture_miner import FixtureMiner
 from tests.support.servers import Mosquitto, free_port
 
@@ -185,3 +185,37 @@ async def test_watchdog_steps_down_through_the_guard_and_locks_out(mosquitto: Mo
         await w.wait(lambda: "garage-1" not in bridge.guard.lockouts, what="release")
         again = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
         assert again["accepted"] is True, again
+
+
+async def test_broker_restart_mid_run_with_the_whole_bridge(mosquitto: Mosquitto) -> None:
+    async with Fleet([SimMinerSpec(board="Gamma", firmware="2.15.0"),
+                      SimMinerSpec(board="Ultra", firmware="2.12.0")]) as fleet:
+        cfg = parse_config({
+            "miners": [{"name": f"sim-{i}", "host": h} for i, h in enumerate(fleet.hosts)],
+            "poll_interval": 0.2, "mqtt": {"host": "127.0.0.1", "port": mosquitto.port}, "sqlite": None})
+        async with make_session(cfg) as session:
+            bridge = Bridge(cfg, session)
+            task = asyncio.create_task(bridge.run())
+            try:
+                def complete(snap: dict[str, bytes]) -> bool:
+                    need = {"bitaxe/bridge/availability", "bitaxe/sim-0/state", "bitaxe/sim-1/state"}
+                    configs = [t for t in snap if t.startswith("homeassistant/") and t.endswith("/config")]
+                    return (need <= set(snap) and len(configs) >= 2 * 35 + 1
+                            and snap.get("bitaxe/sim-0/availability") == b"online"
+                            and snap.get("bitaxe/sim-1/availability") == b"online"
+                            and snap["bitaxe/bridge/availability"] == b"online")
+
+                before = await wait_retained(mosquitto.port, complete)
+                polls = sum(s.polls for s in bridge.poller.miners.values())
+                mosquitto.stop()
+                await asyncio.sleep(1.5)  # polling goes on while the broker is away
+                assert sum(s.polls for s in bridge.poller.miners.values()) > polls
+                mosquitto.start()
+                after = await wait_retained(mosquitto.port, complete, limit=30)
+                assert {t for t in before if t.startswith("homeassistant/")} == \
+                       {t for t in after if t.startswith("homeassistant/")}
+                assert bridge.mqtt is not None and bridge.mqtt.connections >= 2
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
