@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -207,3 +208,15 @@ async def test_check_mqtt(mosquitto: Mosquitto) -> None:
     mosquitto.stop()
     with pytest.raises(RuntimeError, match=r"mqtt\.host"):
         await check_mqtt(cfg.mqtt)
+
+
+async def test_discovery_follows_a_change_of_the_boards_options(mosquitto: Mosquitto) -> None:
+    r = reading("garage-1")
+    narrower = dataclasses.replace(r, board=dataclasses.replace(r.board, frequency_options=(400.0, 490.0, 525.0)))
+    topic = f"homeassistant/select/{r.miner_id}/frequency/config"
+    async with running(MqttBridge(config(mosquitto.port))) as bridge:
+        await bridge.handle(r)
+        await wait_retained(mosquitto.port, lambda s: topic in s)
+        await bridge.handle(narrower)  # e.g. a firmware update changed /api/system/asic
+        await wait_retained(mosquitto.port,
+                            lambda s: topic in s and json.loads(s[topic])["options"] == ["400", "490", "525"])
