@@ -16,6 +16,7 @@ import ssl
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
@@ -120,7 +121,8 @@ class MqttBridge:
         elif item.kind == "command":
             await self._publish(self.topics.result(item.miner), _dumps(item.data), qos=1)
         else:
-            doc = {"kind": item.kind, "message": item.message, "time": item.time, "data": item.data}
+            when = datetime.fromtimestamp(item.time, UTC).isoformat(timespec="milliseconds")
+            doc = {"kind": item.kind, "message": item.message, "time": when, "data": item.data}
             await self._publish(self.topics.event(item.miner), json.dumps(doc, default=str), qos=1)
 
     async def _reading(self, reading: Reading) -> None:
