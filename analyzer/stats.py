@@ -11,7 +11,7 @@ are ratios of sums, with the delta-method (ratio estimator) variance of the batc
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
@@ -40,7 +40,19 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
             + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
 
 
-def integrated_tau(pieces: list[np.ndarray], max_frac: float = 0.25, c: float = 5.0) -> float | None:
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """Integrated autocorrelation time τ = 1 + 2Σρₖ and the batch-means bias term Γ = 2Σk·ρₖ / τ (samples)."""
+
+    tau: float
+    gamma: float
+
+    def bias_factor(self, b: int) -> float:
+        """Batch means of length b underestimate the variance of the mean by ≈ Γ/b (first order): undo it."""
+        return 1.0 / (1.0 - min(0.5, max(0.0, self.gamma / b)))
+
+
+def integrated_tau(pieces: list[np.ndarray], max_frac: float = 0.25, c: float = 5.0) -> Correlation | None:
     """Integrated autocorrelation time (in samples) of a series cut into pieces (one per segment).
 
     Autocovariances are pooled over pieces around the grand mean (between-segment shifts count as
@@ -64,17 +76,19 @@ def integrated_tau(pieces: list[np.ndarray], max_frac: float = 0.25, c: float = 
         ac = np.fft.irfft(f * np.conj(f), nfft)[: min(m, max_lag + 1)]
         acov[: ac.size] += ac
         counts[: ac.size] += np.arange(m, m - ac.size, -1)
+    if acov[0] <= 0:
+        return Correlation(1.0, 0.0)
     ok = counts > 0
     rho = np.zeros_like(acov)
-    rho[ok] = (acov[ok] / counts[ok]) / (acov[0] / counts[0]) if acov[0] > 0 else 0.0
-    if acov[0] <= 0:
-        return 1.0
-    tau = 1.0
+    rho[ok] = (acov[ok] / counts[ok]) / (acov[0] / counts[0])
+    tau, gamma = 1.0, 0.0
     for lag in range(1, max_lag + 1):
         tau += 2.0 * rho[lag]
+        gamma += 2.0 * lag * rho[lag]
         if lag >= c * tau:
             break
-    return max(1.0, float(tau))
+    tau = max(1.0, float(tau))
+    return Correlation(tau, max(0.0, float(gamma)) / tau)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +141,7 @@ class Batches:
 
     weight: np.ndarray  # readings per batch
     means: dict[str, np.ndarray]
-    sums: dict[str, np.ndarray] = field(default_factory=dict)  # extensive quantities (share counts)
+    length: float = 1.0  # mean batch length in bins
 
 
 def batch_partition(lengths: list[int], b: int) -> list[list[tuple[int, int]]]:
@@ -140,17 +154,18 @@ def batch_partition(lengths: list[int], b: int) -> list[list[tuple[int, int]]]:
     return out
 
 
-def batch_size(tau: float | None, n_bins: int) -> int | None:
+def batch_size(corr: Correlation | None, n_bins: int) -> int | None:
     """Batch length in bins: ≥ BATCH_TAUS·τ; shortened (never below 2τ) to get MIN_BATCHES+2 batches."""
-    if tau is None:
+    if corr is None:
         return None
+    tau = corr.tau
     b = math.ceil(BATCH_TAUS * tau)
     if n_bins // b < MIN_BATCHES + 2:
         b = max(math.ceil(2.0 * tau), n_bins // (MIN_BATCHES + 2), 1)
     return max(1, b)
 
 
-def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None) -> Estimate:
+def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None, inflate: float = 1.0) -> Estimate:
     ok = ~np.isnan(x) & (w > 0)
     x, w = x[ok], w[ok]
     if x.size == 0:
@@ -159,12 +174,12 @@ def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None) ->
     m = x.size
     if m < MIN_BATCHES:
         return Estimate(mean, batches=m, tau_s=tau_s, note="too little data for an interval")
-    var = m / (m - 1) * float((w * w * (x - mean) ** 2).sum()) / float(w.sum()) ** 2
+    var = inflate * m / (m - 1) * float((w * w * (x - mean) ** 2).sum()) / float(w.sum()) ** 2
     return Estimate(mean, se=math.sqrt(var), df=m - 1, batches=m, tau_s=tau_s)
 
 
-def ratio_estimate(num: np.ndarray, den: np.ndarray, w: np.ndarray, scale: float, tau_s: float | None
-                   ) -> Estimate:
+def ratio_estimate(num: np.ndarray, den: np.ndarray, w: np.ndarray, scale: float, tau_s: float | None,
+                   inflate: float = 1.0) -> Estimate:
     """scale · Σw·num / Σw·den with the delta-method variance Var(R) ≈ Var(mean(num − R·den)) / mean(den)²."""
     ok = ~np.isnan(num) & ~np.isnan(den) & (w > 0)
     num, den, w = num[ok], den[ok], w[ok]
@@ -176,7 +191,7 @@ def ratio_estimate(num: np.ndarray, den: np.ndarray, w: np.ndarray, scale: float
     if m < MIN_BATCHES:
         return Estimate(scale * r, batches=m, tau_s=tau_s, note="too little data for an interval")
     resid = num - r * den
-    var_mean = m / (m - 1) * float((w * w * resid**2).sum()) / float(w.sum()) ** 2
+    var_mean = inflate * m / (m - 1) * float((w * w * resid**2).sum()) / float(w.sum()) ** 2
     return Estimate(scale * r, se=abs(scale) * math.sqrt(var_mean) / dbar, df=m - 1, batches=m, tau_s=tau_s)
 
 
@@ -270,7 +285,7 @@ def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) ->
         n_bins = sum(b - a for a, b in ranges)
         est: dict[str, Estimate] = {}
         notes: list[str] = []
-        taus: dict[str, float | None] = {}
+        taus: dict[str, Correlation | None] = {}
         for key in (*MEAN_KEYS, "not_hashing"):
             taus[key] = integrated_tau(_pieces(bins.mean[key], ranges)) if ranges else None
 
@@ -288,10 +303,14 @@ def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) ->
                         x = bins.mean[k][a + i:a + j]
                         ok = ~np.isnan(x) & (ww > 0)
                         means[k].append(float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else np.nan)
-            return Batches(np.asarray(wts), {k: np.asarray(v) for k, v in means.items()})
+            return Batches(np.asarray(wts), {k: np.asarray(v) for k, v in means.items()},
+                           length=n_bins / max(1, len(wts)))
 
-        def seconds(tau: float | None) -> float | None:
-            return None if tau is None else tau * w_bin
+        def seconds(c: Correlation | None) -> float | None:
+            return None if c is None else c.tau * w_bin
+
+        def inflate(c: Correlation | None, bt: Batches) -> float:
+            return 1.0 if c is None else c.bias_factor(max(1, round(bt.length)))
 
         for key in (*MEAN_KEYS, "not_hashing"):
             if not ranges:
@@ -306,16 +325,17 @@ def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) ->
                 v = float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else math.nan
                 est[key] = Estimate(v, note="too little data for an interval")
             else:
-                est[key] = weighted_mean_estimate(bt.means[key], bt.weight, seconds(taus[key]))
+                est[key] = weighted_mean_estimate(bt.means[key], bt.weight, seconds(taus[key]),
+                                                  inflate(taus[key], bt))
         # Ratios share one partition: batches long enough for the slower of power and hashrate.
-        t_pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
-        tau_pair = max(t_pair) if len(t_pair) == 2 else None
-        bt = batches(batch_size(tau_pair, n_bins), ("power", "hashrate")) if ranges else None
+        pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
+        corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
+        bt = batches(batch_size(corr, n_bins), ("power", "hashrate")) if ranges else None
         if bt is not None:
             est["j_per_th"] = ratio_estimate(bt.means["power"], bt.means["hashrate"], bt.weight, 1000.0,
-                                             seconds(tau_pair))
+                                             seconds(corr), inflate(corr, bt))
             est["gh_per_w"] = ratio_estimate(bt.means["hashrate"], bt.means["power"], bt.weight, 1.0,
-                                             seconds(tau_pair))
+                                             seconds(corr), inflate(corr, bt))
         else:
             p, h = est["power"].value, est["hashrate"].value
             note = "too little data for an interval"
