@@ -1,0 +1,179 @@
+"""Per-miner fault injection: the ways real miners and their HTTP servers misbehave."""
+
+from __future__ import annotations
+
+import enum
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class FaultKind(enum.StrEnum):
+    TIMEOUT = "timeout"  # the request hangs longer than any sane client timeout
+    HTTP500 = "http500"  # HTTP 500 "Internal server error"
+    MALFORMED = "malformed"  # invalid JSON (a bare nan and a trailing comma)
+    TRUNCATED = "truncated"  # the JSON body stops half-way (heap exhausted mid-response)
+    FLAPPING = "flapping"  # alternating up and down periods; down = connection dropped
+    OFFLINE = "offline"  # every connection dropped (unplugged, rebooting)
+    NOT_HASHING = "not_hashing"  # API fine, hashrate 0, VR output 0, power drawn; a restart recovers
+    EMPTY_MAC = "empty_mac"  # macAddr ""
+    DEFAULT_HOSTNAME = "default_hostname"  # hostname "bitaxe", like many factory-fresh miners
+    SPIKE = "spike"  # absurd hashrate for one reading (hundreds of TH/s)
+    FLATLINE = "flatline"  # the same /info document over and over (frozen firmware task)
+
+
+class Action(enum.Enum):
+    """What the HTTP layer does with one request."""
+
+    SERVE = "serve"
+    HANG = "hang"
+    ERROR500 = "error500"
+    MALFORMED = "malformed"
+    TRUNCATED = "truncated"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault and its parameters (times in simulated seconds, except hang: wall seconds)."""
+
+    kind: FaultKind
+    probability: float = 1.0  # http500/malformed/truncated/spike/timeout: chance per request
+    hang: float = 30.0  # timeout: how long the request hangs (wall seconds)
+    up: float = 60.0  # flapping: seconds up …
+    down: float = 20.0  # … then seconds down
+    spike: float = 350_000.0  # spike: the absurd hashRate, GH/s
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = str(self.kind)
+        return d
+
+
+_PARAMS = {f.name for f in fields(Fault)} - {"kind"}
+
+
+def parse_fault(text: str | dict[str, Any] | Fault) -> Fault:
+    """"kind" or "kind:key=value,key=value" (e.g. "flapping:up=30,down=10"), or a JSON object with "kind"."""
+    if isinstance(text, Fault):
+        return text
+    if isinstance(text, dict):
+        params = dict(text)
+        kind_s = str(params.pop("kind", ""))
+    else:
+        kind_s, _, rest = text.strip().partition(":")
+        params = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f'fault parameter "{part}" in "{text}" is not key=value')
+            params[key.strip()] = value.strip()
+    try:
+        kind = FaultKind(kind_s.strip().lower().replace("-", "_"))
+    except ValueError:
+        known = ", ".join(k.value for k in FaultKind)
+        raise ValueError(f'unknown fault kind "{kind_s}"; known: {known}') from None
+    unknown = set(params) - _PARAMS
+    if unknown:
+        raise ValueError(f'fault "{kind}" has unknown parameters {sorted(unknown)}; known: {sorted(_PARAMS)}')
+    try:
+        values = {k: float(v) for k, v in params.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f'fault "{kind}" parameters must be numbers: {params}') from None
+    return Fault(kind, **values)
+
+
+class FaultSet:
+    """The faults active on one miner; decides per request what the HTTP layer does."""
+
+    def __init__(self, faults: list[Fault] | None = None, seed: int = 0) -> None:
+        self._faults: dict[FaultKind, Fault] = {}
+        self._rng = random.Random(seed ^ 0x5EED)
+        self._frozen_info: dict[str, Any] | None = None
+        self._flap_t0 = 0.0
+        for f in faults or ():
+            self.add(f)
+
+    def add(self, fault: Fault | str, now: float = 0.0) -> Fault:
+        f = parse_fault(fault)
+        self._faults[f.kind] = f
+        if f.kind is FaultKind.FLAPPING:
+            self._flap_t0 = now
+        if f.kind is FaultKind.FLATLINE:
+            self._frozen_info = None
+        return f
+
+    def clear(self, kind: FaultKind | str | None = None) -> None:
+        if kind is None:
+            self._faults.clear()
+        else:
+            self._faults.pop(FaultKind(kind), None)
+
+    def get(self, kind: FaultKind) -> Fault | None:
+        return self._faults.get(kind)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._faults
+
+    def __iter__(self) -> Iterator[Fault]:
+        return iter(list(self._faults.values()))
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [f.to_json() for f in self._faults.values()]
+
+    def _hit(self, kind: FaultKind) -> Fault | None:
+        f = self._faults.get(kind)
+        if f is None or (f.probability < 1.0 and self._rng.random() >= f.probability):
+            return None
+        return f
+
+    def is_down(self, now: float) -> bool:
+        if FaultKind.OFFLINE in self._faults:
+            return True
+        f = self._faults.get(FaultKind.FLAPPING)
+        if f is None:
+            return False
+        period = f.up + f.down
+        return period > 0 and (now - self._flap_t0) % period >= f.up
+
+    def action(self, now: float, json_body: bool) -> tuple[Action, Fault | None]:
+        """What to do with a firmware request at simulated time now (json_body: answered with JSON)."""
+        if self.is_down(now):
+            return Action.DROP, None
+        if f := self._hit(FaultKind.TIMEOUT):
+            return Action.HANG, f
+        if f := self._hit(FaultKind.HTTP500):
+            return Action.ERROR500, f
+        if json_body:
+            if f := self._hit(FaultKind.MALFORMED):
+                return Action.MALFORMED, f
+            if f := self._hit(FaultKind.TRUNCATED):
+                return Action.TRUNCATED, f
+        return Action.SERVE, None
+
+    def apply_info(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Identity and reading faults on a /api/system/info document."""
+        if FaultKind.FLATLINE in self._faults:
+            if self._frozen_info is None:
+                self._frozen_info = dict(doc)
+            return dict(self._frozen_info)
+        if FaultKind.EMPTY_MAC in self._faults and "macAddr" in doc:
+            doc["macAddr"] = ""
+        if FaultKind.DEFAULT_HOSTNAME in self._faults and "hostname" in doc:
+            doc["hostname"] = "bitaxe"
+        if (f := self._hit(FaultKind.SPIKE)) is not None:
+            doc["hashRate"] = f.spike * (1.0 + 0.2 * self._rng.random())
+        return doc
+
+
+def malformed(doc: dict[str, Any]) -> bytes:
+    """Invalid JSON the way a broken firmware build emits it: a bare nan and a trailing comma."""
+    text = json.dumps(doc)
+    return (text[:-1] + ', "power": nan,}').encode()
+
+
+def truncated(doc: dict[str, Any]) -> bytes:
+    text = json.dumps(doc).encode()
+    return text[: max(1, len(text) // 2)]
