@@ -80,8 +80,14 @@ def change_points(bins: Bins, events: list[EventRow], gap_s: float) -> tuple[np.
             # the bin containing the event (or the next one if it fell into a hole)
             j = np.searchsorted(bins.start + w, t, side="right")
             for k, e in zip(j, ev, strict=True):
-                if 0 <= k < n and cause[k] == "":
-                    cause[k] = f"event:{e.kind}"
+                if not 0 <= k < n:
+                    continue
+                # The data already shows most changes (a new config tag, uptime reset): an event within
+                # a bin of such a change point is the same change, not a new segment.
+                known = bins.start[cause != ""]
+                if np.any(np.abs(known - bins.start[k]) <= w):
+                    continue
+                cause[k] = f"event:{e.kind}"
     idx = np.nonzero(cause != "")[0]
     return idx, [str(c) for c in cause[idx]]
 

@@ -215,7 +215,7 @@ class InfluxStore:
                              f"server runs") from None
 
     def query(self, q: str, epoch: str = "ms") -> list[Series]:
-        merged: dict[tuple[tuple[str, str], ...], Series] = {}
+        merged: dict[tuple[object, ...], Series] = {}
         for doc in self._request(q, epoch):
             if "error" in doc:
                 raise StoreError(f"InfluxDB {self.url}: {doc['error']}")
@@ -226,11 +226,11 @@ class InfluxStore:
                     raise StoreError(f"InfluxDB {self.url}: {err}{hint}")
                 for s in result.get("series", []):
                     tags = s.get("tags") or {}
-                    key = (s.get("name", ""), *sorted(tags.items()))  # type: ignore[arg-type]
+                    key = (result.get("statement_id", 0), s.get("name", ""), *sorted(tags.items()))
                     if key in merged:
-                        merged[key].values.extend(s.get("values", []))  # type: ignore[index]
+                        merged[key].values.extend(s.get("values", []))
                     else:
-                        merged[key] = Series(dict(tags), list(s["columns"]), list(s.get("values", [])))  # type: ignore[index]
+                        merged[key] = Series(dict(tags), list(s["columns"]), list(s.get("values", [])))
         return list(merged.values())
 
     def miners(self) -> list[str]:
