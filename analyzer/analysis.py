@@ -1,4 +1,4 @@
-"""One analysis run: read a store, cut segments, compute per-config statistics; plus rankings and recommendations."""
+"""One analysis run: read a store, cut segments, compute per-config statistics; rankings, recommendations."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def parse_duration(text: str) -> float:
 
 
 def parse_time(text: str, now: float | None = None) -> float:
-    """A duration back from now ("7d") or an ISO date/time ("2026-11-01", "2026-11-01T08:00:00Z"; UTC if naive)."""
+    """A duration back from now ("7d") or an ISO time ("2026-11-01", "2026-11-01T08:00:00Z"; naive = UTC)."""
     now = _time.time() if now is None else now
     try:
         return now - parse_duration(text)
@@ -73,7 +73,7 @@ class Analysis:
 
 def analyze(store: Store, miners: list[str], *, since: float | None, until: float | None, width: float,
             policy: WarmupPolicy, gates: Gates, fetch: str = "db",
-            progress: Callable[[Iterable[str]], Iterable[str]] | None = None) -> Analysis:
+            progress: Callable[[list[str]], Iterable[str]] | None = None) -> Analysis:
     """fetch="db": the database aggregates bins (GROUP BY); "raw": pull every reading and bin in numpy."""
     out: dict[str, MinerAnalysis] = {}
     events = store.events(None, since, until)
@@ -90,10 +90,12 @@ def analyze(store: Store, miners: list[str], *, since: float | None, until: floa
 
 
 # ----------------------------------------------------------------------------------------------- ranking
-RANK_KEYS = {"efficiency": ("j_per_th", False), "hashrate": ("hashrate", True), "temperature": ("asic_temp", False)}
+RANK_KEYS = {"efficiency": ("j_per_th", False), "hashrate": ("hashrate", True),
+             "temperature": ("asic_temp", False)}
 
 
-def rank(stats: list[ConfigStats], by: str = "efficiency", include_unstable: bool = False) -> list[ConfigStats]:
+def rank(stats: list[ConfigStats], by: str = "efficiency", include_unstable: bool = False
+         ) -> list[ConfigStats]:
     key, descending = RANK_KEYS[by]
     pool = [s for s in stats if (include_unstable or s.stable) and math.isfinite(s.est[key].value)]
 

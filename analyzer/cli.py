@@ -1,4 +1,4 @@
-"""bitaxe-analyze: rank clock configs by efficiency with honest intervals, compare, recommend, export, report."""
+"""bitaxe-analyze: rank clock configs by efficiency (honest intervals); compare, recommend, export, report."""
 
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ def common(fn: F) -> F:
         click.option("--source", "-s", metavar="KIND:WHERE",
                      help="sqlite:PATH or influxdb:http://HOST:PORT/DATABASE"),
         click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
-                     help="the bridge's config.yaml: its influxdb (preferred) or sqlite section is the source"),
-        click.option("--since", metavar="WHEN", help="start: 7d, 12h (back from now) or ISO time; default all"),
+                     help="the bridge's config.yaml: its influxdb (preferred) or sqlite section is the "
+                          "source"),
+        click.option("--since", metavar="WHEN",
+                     help="start: 7d, 12h (back from now) or ISO time; default all"),
         click.option("--until", metavar="WHEN", help="end: like --since; default now"),
         click.option("--warmup", default="auto", show_default=True, metavar="auto|DURATION",
                      help="discarded after every change point (config change, restart, overheat, firmware "
@@ -243,7 +245,8 @@ def main() -> None:
 @click.option("--miner", "-m", help="only this miner (configured name)")
 @click.option("--by", type=click.Choice(list(RANK_KEYS)), default="efficiency", show_default=True,
               help="efficiency: lowest J/TH; hashrate: highest GH/s; temperature: coolest chip")
-@click.option("--all", "include_all", is_flag=True, help="include unstable configs (listed after stable ones)")
+@click.option("--all", "include_all", is_flag=True,
+              help="include unstable configs (listed after stable ones)")
 @common
 def rank_cmd(miner: str | None, by: str, include_all: bool, **kw: Any) -> None:
     """Table of clock configs per miner, best first, with 95 % intervals.
@@ -293,8 +296,8 @@ def _fmt_pick(p: Pick) -> str:
 @main.command("recommend", epilog=EPILOG)
 @click.option("--miner", "-m", help="only this miner")
 @click.option("--balance-tolerance", default=5.0, show_default=True, type=float,
-              help="'balance' = the highest hashrate among stable configs whose J/TH is within this many % of "
-                   "the best J/TH")
+              help="'balance' = the highest hashrate among stable configs whose J/TH is within this "
+                   "many % of the best J/TH")
 @common
 def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> None:
     """Best efficiency, best hashrate and best balance among stable configs, with the margin to the runner-up.
@@ -381,7 +384,8 @@ def _session_range(kw: dict[str, Any], session: str) -> tuple[str | None, float,
     starts = [e for e in events if e.kind == "session_start" and str(e.data.get("session")) == session]
     if not starts:
         known = sorted({str(e.data.get("session")) for e in events if e.kind == "session_start"})
-        raise Fail(f'session "{session}" not found (no session_start event); known: {", ".join(known) or "none"}')
+        raise Fail(f'session "{session}" not found (no session_start event); known: '
+                   f'{", ".join(known) or "none"}')
     st = starts[0]
     ends = [e for e in events if e.kind == "session_end" and str(e.data.get("session")) == session
             and e.time >= st.time]

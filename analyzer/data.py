@@ -66,9 +66,10 @@ class Bins:
         return int(self.start.size)
 
     def take(self, idx: npt.NDArray[np.int64] | slice) -> Bins:
-        return Bins(self.miner, self.width, self.start[idx], self.config[idx], self.firmware[idx], self.n[idx],
-                    {k: v[idx] for k, v in self.mean.items()}, self.uptime_min[idx], self.uptime_max[idx],
-                    self.overheat[idx], {k: v[idx] for k, v in self.counter_max.items()},
+        return Bins(self.miner, self.width, self.start[idx], self.config[idx], self.firmware[idx],
+                    self.n[idx], {k: v[idx] for k, v in self.mean.items()}, self.uptime_min[idx],
+                    self.uptime_max[idx], self.overheat[idx],
+                    {k: v[idx] for k, v in self.counter_max.items()},
                     {k: v[idx] for k, v in self.counter_min.items()})
 
     def sorted(self) -> Bins:
@@ -97,7 +98,6 @@ def bin_samples(s: Samples, width: float) -> Bins:
     uniq, inv = np.unique(key, axis=0, return_inverse=True)
     inv = inv.ravel()
     g = uniq.shape[0]
-    ones = np.ones_like(s.time)
     hr_ok = ~np.isnan(s.fields["hashrate"])
     n = np.bincount(inv, weights=hr_ok.astype(float), minlength=g)
 
@@ -113,14 +113,13 @@ def bin_samples(s: Samples, width: float) -> Bins:
         fn.at(out, inv, np.where(np.isnan(x), fill, x))
         return np.where(np.isinf(out), np.nan, out)
 
-    del ones
     means = {k: mean_of(s.fields[k]) for k in (*MEAN_KEYS, *FRACTION_KEYS)}
     up = s.fields[UPTIME]
     return Bins(
         miner=s.miner, width=width, start=uniq[:, 0] * width,
         config=cfg_codes[uniq[:, 1].astype(int)].astype(object),
         firmware=fw_codes[uniq[:, 2].astype(int)].astype(object),
-        n=n, mean=means,
+        n=n.astype(np.float64), mean=means,
         uptime_min=extreme(up, np.minimum, np.inf), uptime_max=extreme(up, np.maximum, -np.inf),
         overheat=np.nan_to_num(extreme(s.fields[OVERHEAT], np.maximum, -np.inf), nan=0.0),
         counter_max={k: extreme(s.fields[k], np.maximum, -np.inf) for k in COUNTERS},

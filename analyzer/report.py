@@ -1,4 +1,4 @@
-"""Markdown/HTML report with PNG plots: efficiency vs hashrate with the Pareto frontier, time series, temperature."""
+"""Markdown/HTML report with PNG plots: J/TH vs hashrate (Pareto frontier), time series, temperature."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from analyzer.analysis import Analysis, MinerAnalysis, fmt_time, rank, recommend  # noqa: E402
-from analyzer.segments import steady_mask  # noqa: E402
-from analyzer.stats import ConfigStats  # noqa: E402
+from analyzer.analysis import Analysis, MinerAnalysis, fmt_time, rank, recommend
+from analyzer.segments import steady_mask
+from analyzer.stats import ConfigStats
 
 
 def _slug(name: str) -> str:
@@ -24,7 +24,8 @@ def _slug(name: str) -> str:
 
 def pareto(stats: list[ConfigStats]) -> list[ConfigStats]:
     """Configs no other config beats on both hashrate (higher) and J/TH (lower), by ascending hashrate."""
-    pts = [s for s in stats if math.isfinite(s.est["hashrate"].value) and math.isfinite(s.est["j_per_th"].value)]
+    pts = [s for s in stats
+           if math.isfinite(s.est["hashrate"].value) and math.isfinite(s.est["j_per_th"].value)]
     front = []
     for s in pts:
         h, j = s.est["hashrate"].value, s.est["j_per_th"].value
@@ -93,7 +94,8 @@ def plot_temp_power(m: MinerAnalysis, path: Path) -> None:
     for cfg, col in colors.items():
         sel = (b.config == cfg) & steady
         if sel.any():
-            ax.plot(b.mean["power"][sel], b.mean["asic_temp"][sel], ".", ms=3, color=col, label=cfg, alpha=0.6)
+            ax.plot(b.mean["power"][sel], b.mean["asic_temp"][sel], ".", ms=3, color=col, label=cfg,
+                    alpha=0.6)
     ax.set_xlabel("power (W)")
     ax.set_ylabel("chip temperature (°C)")
     ax.set_title(f"{m.miner}: chip temperature vs power (steady bins)")

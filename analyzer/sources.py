@@ -1,4 +1,4 @@
-"""Read-only access to the stores (SQLite, InfluxDB via InfluxQL): miners, binned aggregates, raw samples, events."""
+"""Read-only access to the stores (SQLite, InfluxDB via InfluxQL): miners, bins, raw samples, events."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ class SqliteStore:
         return f'{agg}("{key}")' if agg else f'"{key}"'
 
     def _where(self, miner: str, since: float | None, until: float | None) -> tuple[str, list[Any]]:
-        clauses, args = ["miner = ?"], [miner]
+        clauses: list[str] = ["miner = ?"]
+        args: list[Any] = [miner]
         if since is not None:
             clauses.append("time >= ?")
             args.append(since)
@@ -125,7 +126,8 @@ class SqliteStore:
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         if not self.has_events:
             return []
-        clauses, args = ["1=1"], []
+        clauses: list[str] = ["1=1"]
+        args: list[Any] = []
         if miner is not None:
             clauses.append("miner = ?")
             args.append(miner)
@@ -135,8 +137,8 @@ class SqliteStore:
         if until is not None:
             clauses.append("time < ?")
             args.append(until)
-        rows = self._query(f"SELECT time, miner, kind, message, data FROM events WHERE {' AND '.join(clauses)} "
-                           f"ORDER BY time", args)
+        rows = self._query("SELECT time, miner, kind, message, data FROM events WHERE "
+                           f"{' AND '.join(clauses)} ORDER BY time", args)
         return [EventRow(r[1], float(r[0]), r[2], r[3] or "", _json_obj(r[4])) for r in rows]
 
     def close(self) -> None:
@@ -175,9 +177,9 @@ class InfluxStore:
     Aggregation runs in the database (GROUP BY time(bin), config, firmware); only bins cross the wire.
     """
 
-    def __init__(self, url: str, database: str, *, username: str | None = None, password: str | None = None,
-                 token: str | None = None, measurement: str = "bitaxe", event_measurement: str = "bitaxe_event",
-                 timeout: float = 300.0) -> None:
+    def __init__(self, url: str, database: str, *, username: str | None = None,
+                 password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
+                 event_measurement: str = "bitaxe_event", timeout: float = 300.0) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self.name = f"influxdb:{self.url}/{database}"
@@ -208,7 +210,8 @@ class InfluxStore:
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")[:300]
             hint = "check username/password or token" if exc.code in (401, 403) else "check the URL"
-            raise StoreError(f"InfluxDB {self.url}: HTTP {exc.code} for /query ({body.strip()}); {hint}") from None
+            raise StoreError(f"InfluxDB {self.url}: HTTP {exc.code} for /query ({body.strip()}); "
+                             f"{hint}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise StoreError(f"InfluxDB {self.url} is unreachable ({reason}); check the URL and that the "
@@ -243,8 +246,8 @@ class InfluxStore:
     def _range(self, miner: str, since: float | None, until: float | None) -> tuple[float, float] | None:
         """Explicit bounds: GROUP BY time() without a lower bound would start at the epoch."""
         if since is None or until is None:
-            found = self.query(f"SELECT FIRST(hashrate) FROM {_q(self.measurement)} WHERE miner = {_s(miner)};"
-                               f"SELECT LAST(hashrate) FROM {_q(self.measurement)} WHERE miner = {_s(miner)}")
+            m = f"FROM {_q(self.measurement)} WHERE miner = {_s(miner)}"
+            found = self.query(f"SELECT FIRST(hashrate) {m}; SELECT LAST(hashrate) {m}")
             if not found:
                 return None
             times = [float(s.values[0][0]) / 1000.0 for s in found if s.values]
@@ -260,11 +263,11 @@ class InfluxStore:
         rng = self._range(miner, since, until)
         if rng is None:
             return empty_bins(miner, width)
-        aggs = [f"COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
+        aggs = ["COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
                 f"MIN({_q(UPTIME)})", f"MAX({_q(UPTIME)})", f"MAX({_q(OVERHEAT)})"]
         for c in COUNTERS:
             aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"]
-        w = int(round(width * 1000))
+        w = round(width * 1000)
         q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {self._where(miner, *rng)} "
              f"GROUP BY time({w}ms), config, firmware fill(none)")
         rows: list[tuple[Any, ...]] = []
@@ -286,7 +289,7 @@ class InfluxStore:
                                                                               *RAW_FIELDS)]
             for v in s.values:
                 row = tuple(None if i is None else v[i] for i in idx)
-                rows.append((row[0] / 1000.0, *row[1:]))
+                rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
         return samples_from_rows(miner, rows)
 
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
@@ -297,7 +300,8 @@ class InfluxStore:
             clauses.append(f"time >= {math.floor(since * 1000)}ms")
         if until is not None:
             clauses.append(f"time < {math.ceil(until * 1000)}ms")
-        q = f"SELECT miner, kind, message, data FROM {_q(self.event_measurement)} WHERE {' AND '.join(clauses)}"
+        q = (f"SELECT miner, kind, message, data FROM {_q(self.event_measurement)} "
+             f"WHERE {' AND '.join(clauses)}")
         out: list[EventRow] = []
         for s in self.query(q):
             c = {name: i for i, name in enumerate(s.columns)}
@@ -327,7 +331,8 @@ def open_source(source: str | None, config_path: str | None) -> Store:
                 raise StoreError(f'--source "{source}": write influxdb:http://HOST:PORT/DATABASE, '
                                  f"e.g. influxdb:http://127.0.0.1:8086/bitaxe")
             return InfluxStore(f"{parsed.scheme}://{parsed.netloc}", db)
-        raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or influxdb:URL/DATABASE')
+        raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or '
+                         f"influxdb:URL/DATABASE")
     if config_path:
         from bridge.config import ConfigError, load_config
 
@@ -348,7 +353,8 @@ def open_source(source: str | None, config_path: str | None) -> Store:
                 if not path.exists() and cfg.sqlite.path.exists():
                     path = cfg.sqlite.path
             return SqliteStore(path)
-        raise StoreError(f"{config_path}: has neither an influxdb nor a sqlite section; add one or pass --source")
+        raise StoreError(f"{config_path}: has neither an influxdb nor a sqlite section; add one or pass "
+                         f"--source")
     default = Path("data/bitaxe.db")
     if default.exists():
         return SqliteStore(default)

@@ -1,4 +1,4 @@
-"""Per-config statistics with autocorrelation-aware 95 % intervals: batch means within segments, ratio estimator.
+"""Per-config statistics with autocorrelation-aware 95 % intervals (batch means in segments, ratio estimator).
 
 Readings 5 s apart are strongly autocorrelated (thermal lag, slow hashrate drift), so an i.i.d. t-interval
 is far too narrow. We estimate each metric's integrated autocorrelation time τ from the steady bins
@@ -165,7 +165,8 @@ def batch_size(corr: Correlation | None, n_bins: int) -> int | None:
     return max(1, b)
 
 
-def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None, inflate: float = 1.0) -> Estimate:
+def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None, inflate: float = 1.0
+                           ) -> Estimate:
     ok = ~np.isnan(x) & (w > 0)
     x, w = x[ok], w[ok]
     if x.size == 0:
@@ -272,98 +273,102 @@ def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) ->
     by_cfg: dict[str, list[Segment]] = {}
     for s in segments:
         by_cfg.setdefault(s.config, []).append(s)
-    w_bin = bins.width
     for cfg, segs in by_cfg.items():
-        ranges = [(s.steady, s.hi) for s in segs if s.hi > s.steady]
-        los = [s.lo for s in segs if s.hi > s.steady]
-        weights = bins.n
-        n_samples = int(sum(weights[a:b].sum() for a, b in ranges))
-        steady_s = sum(s.steady_s for s in segs)
-        warm_s = sum(min(s.warmup_s, s.end - s.start) for s in segs)
-        overheats = sum(1 for s in segs if s.overheat)
-        restarts = sum(1 for s in segs if s.ended_by == "restart")
-        n_bins = sum(b - a for a, b in ranges)
-        est: dict[str, Estimate] = {}
-        notes: list[str] = []
-        taus: dict[str, Correlation | None] = {}
-        for key in (*MEAN_KEYS, "not_hashing"):
-            taus[key] = integrated_tau(_pieces(bins.mean[key], ranges)) if ranges else None
-
-        def batches(b: int | None, keys: tuple[str, ...]) -> Batches | None:
-            if b is None:
-                return None
-            parts = batch_partition([r[1] - r[0] for r in ranges], b)
-            wts: list[float] = []
-            means: dict[str, list[float]] = {k: [] for k in keys}
-            for (a, _), part in zip(ranges, parts, strict=True):
-                for i, j in part:
-                    ww = weights[a + i:a + j]
-                    wts.append(float(ww.sum()))
-                    for k in keys:
-                        x = bins.mean[k][a + i:a + j]
-                        ok = ~np.isnan(x) & (ww > 0)
-                        means[k].append(float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else np.nan)
-            return Batches(np.asarray(wts), {k: np.asarray(v) for k, v in means.items()},
-                           length=n_bins / max(1, len(wts)))
-
-        def seconds(c: Correlation | None) -> float | None:
-            return None if c is None else c.tau * w_bin
-
-        def inflate(c: Correlation | None, bt: Batches) -> float:
-            return 1.0 if c is None else c.bias_factor(max(1, round(bt.length)))
-
-        for key in (*MEAN_KEYS, "not_hashing"):
-            if not ranges:
-                est[key] = NO_DATA
-                continue
-            bt = batches(batch_size(taus[key], n_bins), (key,))
-            if bt is None:
-                # fewer than 16 steady bins: a point estimate only
-                x = np.concatenate(_pieces(bins.mean[key], ranges))
-                ww = np.concatenate(_pieces(weights, ranges))
-                ok = ~np.isnan(x) & (ww > 0)
-                v = float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else math.nan
-                est[key] = Estimate(v, note="too little data for an interval")
-            else:
-                est[key] = weighted_mean_estimate(bt.means[key], bt.weight, seconds(taus[key]),
-                                                  inflate(taus[key], bt))
-        # Ratios share one partition: batches long enough for the slower of power and hashrate.
-        pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
-        corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
-        bt = batches(batch_size(corr, n_bins), ("power", "hashrate")) if ranges else None
-        if bt is not None:
-            est["j_per_th"] = ratio_estimate(bt.means["power"], bt.means["hashrate"], bt.weight, 1000.0,
-                                             seconds(corr), inflate(corr, bt))
-            est["gh_per_w"] = ratio_estimate(bt.means["hashrate"], bt.means["power"], bt.weight, 1.0,
-                                             seconds(corr), inflate(corr, bt))
-        else:
-            p, h = est["power"].value, est["hashrate"].value
-            note = "too little data for an interval"
-            est["j_per_th"] = Estimate(p / h * 1000.0 if h > 0 else math.nan, note=note)
-            est["gh_per_w"] = Estimate(h / p if p > 0 else math.nan, note=note)
-        est["reject_pct"] = _reject_estimate(bins, ranges, los, batch_size(taus["hashrate"], n_bins))
-        if n_bins and n_bins < 16:
-            notes.append(f"only {n_bins} steady bins of {w_bin:g} s: too little data for intervals")
-        flags: list[str] = []
-        err = est["error_pct"].value
-        if math.isfinite(err) and err > gates.max_error_pct:
-            flags.append(f"error rate {err:.2f} % > {gates.max_error_pct:g} %")
-        if overheats:
-            flags.append(f"overheated {overheats}×")
-        h, e = est["hashrate"].value, est["expected_hashrate"].value
-        if math.isfinite(h) and math.isfinite(e) and e > 0 and h / e < gates.min_hashrate_ratio:
-            flags.append(f"hashrate {100 * h / e:.0f} % of expected < {100 * gates.min_hashrate_ratio:.0f} %")
-        nh = est["not_hashing"].value
-        if math.isfinite(nh) and nh > gates.max_not_hashing:
-            flags.append(f"not hashing {100 * nh:.1f} % of the time")
-        if restarts:
-            notes.append(f"followed by a restart {restarts}×")
-        fws = tuple(sorted({s.firmware for s in segs}))
-        if len(fws) > 1:
-            notes.append("several firmware versions merged (hashrate readings changed ~v2.11)")
-        out.append(ConfigStats(bins.miner, cfg, fws, len(segs), steady_s, warm_s, n_samples, est, overheats,
-                               restarts, tuple(flags), tuple(notes)))
+        out.append(_one_config(bins, cfg, segs, gates))
     return out
+
+
+def _one_config(bins: Bins, cfg: str, segs: list[Segment], gates: Gates) -> ConfigStats:
+    w_bin = bins.width
+    ranges = [(s.steady, s.hi) for s in segs if s.hi > s.steady]
+    los = [s.lo for s in segs if s.hi > s.steady]
+    weights = bins.n
+    n_samples = int(sum(weights[a:b].sum() for a, b in ranges))
+    steady_s = sum(s.steady_s for s in segs)
+    warm_s = sum(min(s.warmup_s, s.end - s.start) for s in segs)
+    overheats = sum(1 for s in segs if s.overheat)
+    restarts = sum(1 for s in segs if s.ended_by == "restart")
+    n_bins = sum(b - a for a, b in ranges)
+    est: dict[str, Estimate] = {}
+    notes: list[str] = []
+    taus: dict[str, Correlation | None] = {}
+    for key in (*MEAN_KEYS, "not_hashing"):
+        taus[key] = integrated_tau(_pieces(bins.mean[key], ranges)) if ranges else None
+
+    def batches(b: int | None, keys: tuple[str, ...]) -> Batches | None:
+        if b is None:
+            return None
+        parts = batch_partition([r[1] - r[0] for r in ranges], b)
+        wts: list[float] = []
+        means: dict[str, list[float]] = {k: [] for k in keys}
+        for (a, _), part in zip(ranges, parts, strict=True):
+            for i, j in part:
+                ww = weights[a + i:a + j]
+                wts.append(float(ww.sum()))
+                for k in keys:
+                    x = bins.mean[k][a + i:a + j]
+                    ok = ~np.isnan(x) & (ww > 0)
+                    means[k].append(float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else np.nan)
+        return Batches(np.asarray(wts), {k: np.asarray(v) for k, v in means.items()},
+                       length=n_bins / max(1, len(wts)))
+
+    def seconds(c: Correlation | None) -> float | None:
+        return None if c is None else c.tau * w_bin
+
+    def inflate(c: Correlation | None, bt: Batches) -> float:
+        return 1.0 if c is None else c.bias_factor(max(1, round(bt.length)))
+
+    for key in (*MEAN_KEYS, "not_hashing"):
+        if not ranges:
+            est[key] = NO_DATA
+            continue
+        bt = batches(batch_size(taus[key], n_bins), (key,))
+        if bt is None:
+            # fewer than 16 steady bins: a point estimate only
+            x = np.concatenate(_pieces(bins.mean[key], ranges))
+            ww = np.concatenate(_pieces(weights, ranges))
+            ok = ~np.isnan(x) & (ww > 0)
+            v = float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else math.nan
+            est[key] = Estimate(v, note="too little data for an interval")
+        else:
+            est[key] = weighted_mean_estimate(bt.means[key], bt.weight, seconds(taus[key]),
+                                              inflate(taus[key], bt))
+    # Ratios share one partition: batches long enough for the slower of power and hashrate.
+    pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
+    corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
+    bt = batches(batch_size(corr, n_bins), ("power", "hashrate")) if ranges else None
+    if bt is not None:
+        est["j_per_th"] = ratio_estimate(bt.means["power"], bt.means["hashrate"], bt.weight, 1000.0,
+                                         seconds(corr), inflate(corr, bt))
+        est["gh_per_w"] = ratio_estimate(bt.means["hashrate"], bt.means["power"], bt.weight, 1.0,
+                                         seconds(corr), inflate(corr, bt))
+    else:
+        p, h = est["power"].value, est["hashrate"].value
+        note = "too little data for an interval"
+        est["j_per_th"] = Estimate(p / h * 1000.0 if h > 0 else math.nan, note=note)
+        est["gh_per_w"] = Estimate(h / p if p > 0 else math.nan, note=note)
+    est["reject_pct"] = _reject_estimate(bins, ranges, los, batch_size(taus["hashrate"], n_bins))
+    if n_bins and n_bins < 16:
+        notes.append(f"only {n_bins} steady bins of {w_bin:g} s: too little data for intervals")
+    flags: list[str] = []
+    err = est["error_pct"].value
+    if math.isfinite(err) and err > gates.max_error_pct:
+        flags.append(f"error rate {err:.2f} % > {gates.max_error_pct:g} %")
+    if overheats:
+        flags.append(f"overheated {overheats}×")
+    h, e = est["hashrate"].value, est["expected_hashrate"].value
+    if math.isfinite(h) and math.isfinite(e) and e > 0 and h / e < gates.min_hashrate_ratio:
+        flags.append(f"hashrate {100 * h / e:.0f} % of expected < {100 * gates.min_hashrate_ratio:.0f} %")
+    nh = est["not_hashing"].value
+    if math.isfinite(nh) and nh > gates.max_not_hashing:
+        flags.append(f"not hashing {100 * nh:.1f} % of the time")
+    if restarts:
+        notes.append(f"followed by a restart {restarts}×")
+    fws = tuple(sorted({s.firmware for s in segs}))
+    if len(fws) > 1:
+        notes.append("several firmware versions merged (hashrate readings changed ~v2.11)")
+    return ConfigStats(bins.miner, cfg, fws, len(segs), steady_s, warm_s, n_samples, est, overheats,
+                       restarts, tuple(flags), tuple(notes))
 
 
 def _reject_estimate(bins: Bins, ranges: list[tuple[int, int]], los: list[int], b: int | None) -> Estimate:
@@ -412,7 +417,8 @@ class Difference:
     def to_dict(self) -> dict[str, object]:
         h = self.half
         return {"metric": self.key, "a": self.a.to_dict(), "b": self.b.to_dict(), "diff": _clean(self.diff),
-                "lo": _clean(None if h is None else self.diff - h), "hi": _clean(None if h is None else self.diff + h),
+                "lo": _clean(None if h is None else self.diff - h),
+                "hi": _clean(None if h is None else self.diff + h),
                 "significant": self.significant, "more_time_s": _clean(self.more_time_s)}
 
 

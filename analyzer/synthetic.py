@@ -1,4 +1,4 @@
-"""Synthetic histories with known truth (AR(1) noise + thermal lag, or the simulator's physics) and store writers.
+"""Synthetic histories with known truth (AR(1) + thermal lag, or the simulator's physics) and store writers.
 
 Used by the tests (ranking and interval-coverage checks against ground truth) and by bench/analyze.py.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def ar1_histories(configs: Sequence[TrueConfig], schedule: Sequence[tuple[int, f
     rng = np.random.default_rng(seed)
     idx = np.concatenate([np.full(round(d / dt), c, dtype=int) for c, d in schedule])
     n = idx.size
-    t = start + np.arange(n) * dt
+    t = (start + np.arange(n) * dt).astype(np.float64)
     # elapsed time since the last change and the previous config's temperature
     change = np.concatenate([[True], idx[1:] != idx[:-1]])
     seg_start = np.maximum.accumulate(np.where(change, np.arange(n), 0))
@@ -95,7 +96,8 @@ def ar1_histories(configs: Sequence[TrueConfig], schedule: Sequence[tuple[int, f
     pd = _ar1(rng, trials, n, dt, noise.power_drift_tau, noise.power_drift_sd)
     td = _ar1(rng, trials, n, dt, noise.temp_drift_tau, noise.temp_drift_sd)
     hash_ = hr * ramp * (1 + hd + noise.hash_white_sd * rng.standard_normal((trials, n)))
-    power = pw * (1 + noise.leakage_per_c * lag) * (1 + pd + noise.power_white_sd * rng.standard_normal((trials, n)))
+    power = (pw * (1 + noise.leakage_per_c * lag)
+             * (1 + pd + noise.power_white_sd * rng.standard_normal((trials, n))))
     temp = temps[idx] + lag + td + noise.temp_white_sd * rng.standard_normal((trials, n))
     errs = err * (1 + 0.05 * rng.standard_normal((trials, n)))
     uptime = 3600.0 + np.arange(n) * dt
@@ -150,8 +152,8 @@ def simulated_history(board_family: str, schedule: Sequence[tuple[float, int, fl
             for k in RAW_FIELDS:
                 rows[k].append(float(vals[k]))
     n = len(times)
-    return (Samples(miner, np.asarray(times), np.asarray(tags, dtype=object), np.full(n, firmware, dtype=object),
-                    {k: np.asarray(v) for k, v in rows.items()}), model)
+    return (Samples(miner, np.asarray(times, dtype=np.float64), np.asarray(tags, dtype=object),
+                    np.full(n, firmware, dtype=object), {k: np.asarray(v) for k, v in rows.items()}), model)
 
 
 # ------------------------------------------------------------------------------------------ store writers
@@ -159,7 +161,7 @@ _SQL_TYPE = {"float": "REAL", "int": "INTEGER", "bool": "INTEGER"}
 
 
 def create_sqlite(path: str | Path) -> sqlite3.Connection:
-    """The SCHEMA.md tables, columns derived from bridge.metrics (what the storage engineer's store creates)."""
+    """The SCHEMA.md tables, columns derived from bridge.metrics (what bridge/store/sqlite.py creates)."""
     db = sqlite3.connect(str(path))
     db.execute("PRAGMA journal_mode=WAL")
     cols = ["time REAL NOT NULL", *(f'"{name}" TEXT' for name, _ in TAGS),
@@ -167,8 +169,8 @@ def create_sqlite(path: str | Path) -> sqlite3.Connection:
     db.execute(f"CREATE TABLE IF NOT EXISTS readings ({', '.join(cols)}, UNIQUE(miner, time))")
     db.execute("CREATE INDEX IF NOT EXISTS readings_miner_config_time ON readings(miner, config, time)")
     db.execute("CREATE INDEX IF NOT EXISTS readings_time ON readings(time)")
-    db.execute("CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, miner TEXT NOT NULL, kind TEXT NOT NULL, "
-               "message TEXT NOT NULL, data TEXT NOT NULL, UNIQUE(miner, time, kind))")
+    db.execute("CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, miner TEXT NOT NULL, "
+               "kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, UNIQUE(miner, time, kind))")
     db.execute("CREATE INDEX IF NOT EXISTS events_miner_time ON events(miner, time)")
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', '1')")
@@ -200,8 +202,8 @@ def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterabl
                                   np.asarray([""], dtype=object), {k: np.zeros(1) for k in RAW_FIELDS}))
     tag_names = [name for name, _ in TAGS]
     cols = ["time", *tag_names, *keys]
-    sql = f"INSERT OR IGNORE INTO readings ({', '.join(map(repr, cols))}) VALUES ({', '.join('?' * len(cols))})"
-    sql = sql.replace("'", '"')
+    names = ", ".join(f'"{c}"' for c in cols)
+    sql = f"INSERT OR IGNORE INTO readings ({names}) VALUES ({', '.join('?' * len(cols))})"
     int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
     for s in histories:
         _, arrays = _row_values(s)
@@ -250,13 +252,14 @@ def event_lines(events: Iterable[EventRow], measurement: str = "bitaxe_event") -
 def write_influx(url: str, database: str, histories: Iterable[Samples], events: Iterable[EventRow] = (),
                  batch: int = 20000) -> None:
     """Create the database and POST line protocol to the 1.x /write endpoint."""
-    q = urllib.request.Request(f"{url}/query", data=f"q=CREATE DATABASE \"{database}\"".encode(), method="POST")
+    body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{database}"'}).encode()
+    q = urllib.request.Request(f"{url}/query", data=body, method="POST")
     q.add_header("Content-Type", "application/x-www-form-urlencoded")
     urllib.request.urlopen(q, timeout=30).read()
 
     def post(lines: list[str]) -> None:
-        req = urllib.request.Request(f"{url}/write?db={database}&precision=ms", data="\n".join(lines).encode(),
-                                     method="POST")
+        req = urllib.request.Request(f"{url}/write?db={database}&precision=ms",
+                                     data="\n".join(lines).encode(), method="POST")
         with urllib.request.urlopen(req, timeout=120) as r:
             r.read()
 

@@ -1,4 +1,4 @@
-"""Statistics against ground truth: interval coverage over many trials, warm-up bias, ranking, ratio estimator."""
+"""Statistics against ground truth: interval coverage over many trials, warm-up bias, ranking, ratios."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ TRIALS = 200
 TRUTH_KEYS = {"hashrate": "hashrate", "power": "power", "j_per_th": "j_per_th", "asic_temp": "chip_temp"}
 
 
-def _analyze(bins: Bins, policy: WarmupPolicy = WarmupPolicy()) -> dict[str, ConfigStats]:
-    return {s.config: s for s in config_stats(bins, find_segments(bins, [], policy))}
+def _analyze(bins: Bins, policy: WarmupPolicy | None = None) -> dict[str, ConfigStats]:
+    segs = find_segments(bins, [], policy or WarmupPolicy())
+    return {s.config: s for s in config_stats(bins, segs)}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_batch_means_intervals_cover_the_truth_about_95_percent(trials, key):
 
 
 def test_naive_iid_t_interval_fails_the_same_check(histories_naive):
-    """Peers' interval: every 5-s reading at the config, mean ± t·s/√n. Correlation makes it far too narrow."""
+    """Peers' interval: every 5-s reading at the config, mean ± t·s/√n; correlation makes it too narrow."""
     for key, field, truth_attr in (("hashrate", "hashrate", "hashrate"), ("power", "power", "power")):
         hits = []
         for h in histories_naive:
@@ -81,7 +82,8 @@ def test_warmup_biases_the_naive_mean_but_not_ours():
         ours = np.asarray([_analyze(bin_samples(h, 30.0))[hot.tag].est[key].value for h in hist[:50]])
         se_naive, se_ours = naive.std() / math.sqrt(naive.size), ours.std() / math.sqrt(ours.size)
         bias_naive, bias_ours = truth - naive.mean(), truth - ours.mean()
-        print(f"{key}: naive bias {bias_naive:.4f} (se {se_naive:.4f}), ours {bias_ours:.4f} (se {se_ours:.4f})")
+        print(f"{key}: naive bias {bias_naive:.4f} (se {se_naive:.4f}), "
+              f"ours {bias_ours:.4f} (se {se_ours:.4f})")
         assert bias_naive > 6 * se_naive, f"{key}: naive mean should read low"
         assert abs(bias_ours) < 3 * se_ours + 1e-3 * abs(truth) * 0.1, f"{key}: ours biased by {bias_ours}"
 
@@ -93,7 +95,7 @@ def test_ranking_picks_the_true_best_config(trials: list[dict[str, ConfigStats]]
         ranked = rank(list(t.values()), "efficiency")
         assert ranked[0].config == best_true
         assert rank(list(t.values()), "hashrate")[0].config == hashrate_true
-        eff, hr, bal = recommend(list(t.values()))
+        eff, _hr, _bal = recommend(list(t.values()))
         assert eff.best is not None and eff.best.config == best_true
         assert eff.diff is not None and eff.diff.significant
 

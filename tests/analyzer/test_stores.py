@@ -1,7 +1,8 @@
-"""End to end: simulator histories written to SQLite and to a real InfluxDB 1.x, read back by bitaxe-analyze."""
+"""End to end: simulator histories in SQLite and a real InfluxDB 1.x, read back by bitaxe-analyze."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import uuid
@@ -28,7 +29,7 @@ def history():
     samples, model = simulated_history("Gamma", SCHEDULE, seed=3, start=START, miner="gamma-1")
     truth = {f"{f}@{v}": model.truth(f, v) for f, v, _ in SCHEDULE}
     t, changes = START, []
-    for (f, v, d), (f2, v2, _) in zip(SCHEDULE, SCHEDULE[1:], strict=False):
+    for (f, v, d), (f2, v2, _) in itertools.pairwise(SCHEDULE):
         t += d
         changes.append(EventRow("gamma-1", t + 1, "config_change", "clock changed",
                                 {"from": f"{f}@{v}", "to": f"{f2}@{v2}"}))
@@ -70,7 +71,7 @@ def test_sqlite_rank_finds_the_true_best_and_covers_truth(sqlite_db, history):
     ranked = rank_json(f"sqlite:{sqlite_db}")
     assert set(ranked) == set(truth)
     best_true = min(truth, key=lambda k: truth[k].j_per_th)
-    code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--json")
+    _code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--json")
     assert json.loads(out)["miners"]["gamma-1"][0]["config"] == best_true
     for tag, s in ranked.items():
         assert s["stable"], (tag, s["flags"])
@@ -97,12 +98,12 @@ def test_database_aggregation_equals_raw_pull(sqlite_db, influx_db):
 
 
 def test_influx_events_are_read(influx_db, history):
-    _, _, events = history
+    _, _, _events = history
     url, db = influx_db.removeprefix("influxdb:").rsplit("/", 1)
     store = InfluxStore(url, db)
     got = store.events("gamma-1", None, None)
     assert [e.kind for e in got].count("config_change") == len(SCHEDULE) - 1
-    assert [e for e in got if e.kind == "config_change"][0].data == {"from": "525@1150", "to": "600@1200"}
+    assert next(e for e in got if e.kind == "config_change").data == {"from": "525@1150", "to": "600@1200"}
     a = analyze(store, ["gamma-1"], since=None, until=None, width=30.0, policy=WarmupPolicy(), gates=Gates())
     segs = a.miners["gamma-1"].segments
     assert len(segs) == len(SCHEDULE)
