@@ -63,7 +63,8 @@ def change_points(bins: Bins, events: list[EventRow], gap_s: float) -> tuple[np.
         # order: the last match wins, so the most specific cause is named
         ("gap", (bins.start[cur] - bins.start[prev]) > max(gap_s, w) + w * 0.5),
         ("overheat", bins.overheat[prev] > 0),
-        ("restart", bins.uptime_min[cur] < bins.uptime_max[prev] - tol),
+        # min vs min: a bin that holds a reboot has a small minimum already and must not count twice
+        ("restart", bins.uptime_min[cur] < bins.uptime_min[prev]),
         ("firmware_change", bins.firmware[cur] != bins.firmware[prev]),
         ("config_change", bins.config[cur] != bins.config[prev]),
     ]
