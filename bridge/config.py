@@ -75,6 +75,7 @@ class InfluxConfig(_Strict):
     database: str | None = None
     retention_policy: str | None = None
     api: Literal["v2", "v1"] = "v2"  # v1: plain 1.x /write endpoint for servers older than 1.8
+    create_database: bool = False  # v1 only: CREATE DATABASE when /write answers 404 (docs/storage.md)
     measurement: str = "bitaxe"
     event_measurement: str = "bitaxe_event"
     batch_size: int = Field(500, ge=1, le=50_000)

@@ -1,0 +1,111 @@
+"""`check-config` probe of the configured InfluxDB: reachable, credentials accepted, bucket/database there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from bridge.config import InfluxConfig
+from bridge.store.influx import basic_auth, v2_bucket, v2_token
+
+
+class StoreCheckError(Exception):
+    """The store cannot be written; the message says what is wrong and how to fix it."""
+
+
+async def _request(session: aiohttp.ClientSession, method: str, url: str, cfg: InfluxConfig,
+                   **kwargs: Any) -> tuple[int, str, dict[str, str]]:
+    try:
+        async with asyncio.timeout(cfg.timeout):
+            async with session.request(method, url, **kwargs) as resp:
+                return resp.status, (await resp.text()).strip(), dict(resp.headers)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        detail = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+        raise StoreCheckError(f"InfluxDB at {cfg.url} is unreachable ({detail}); is it running, and are "
+                              "influxdb.url host and port right?") from None
+
+
+async def check_influx(cfg: InfluxConfig) -> str:
+    """One line saying what was verified; raises StoreCheckError naming the problem and the fix."""
+    connector = aiohttp.TCPConnector(ssl=cfg.verify_ssl)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        base = cfg.url.rstrip("/")
+        _, _, headers = await _request(session, "GET", base + "/ping", cfg)
+        version = headers.get("X-Influxdb-Version") or headers.get("X-Influxdb-Build") or "unknown version"
+        if cfg.api == "v1":
+            return await _check_v1(session, cfg, base, version)
+        return await _check_v2(session, cfg, base, version)
+
+
+async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:
+    db = cfg.database or ""
+    auth = basic_auth(cfg)
+    status, text, _ = await _request(session, "POST", base + "/query", cfg,
+                                     data={"q": "SHOW DATABASES"}, headers=auth)
+    if status in (401, 403):
+        raise StoreCheckError(f"InfluxDB at {cfg.url} refused the credentials (HTTP {status}); check "
+                              "influxdb.username and influxdb.password")
+    if status >= 300:
+        raise StoreCheckError(f"InfluxDB at {cfg.url}: SHOW DATABASES answered HTTP {status}: {text[:300]}; "
+                              "is influxdb.url an InfluxDB 1.x server (api: v1)?")
+    names = _series_values(text)
+    if db not in names:
+        if cfg.create_database:
+            return (f"InfluxDB {version} at {cfg.url} reachable; database {db!r} does not exist yet and "
+                    "will be created on the first write (create_database: true)")
+        raise StoreCheckError(
+            f"InfluxDB at {cfg.url}: database {db!r} does not exist; create it with "
+            f"`influx -execute 'CREATE DATABASE \"{db}\" WITH DURATION 365d'`, or set "
+            "influxdb.create_database: true")
+    if cfg.retention_policy:
+        status, text, _ = await _request(session, "POST", base + "/query", cfg,
+                                         data={"q": f'SHOW RETENTION POLICIES ON "{db}"'},
+                                         headers=auth)
+        if cfg.retention_policy not in _series_values(text):
+            raise StoreCheckError(
+                f"InfluxDB at {cfg.url}: database {db!r} has no retention policy "
+                f"{cfg.retention_policy!r}; create it (CREATE RETENTION POLICY \"{cfg.retention_policy}\" "
+                f"ON \"{db}\" DURATION 365d REPLICATION 1) or remove influxdb.retention_policy")
+    return f"InfluxDB {version} at {cfg.url}: database {db!r} exists, writing with the 1.x /write API"
+
+
+async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:
+    bucket = v2_bucket(cfg)
+    token = v2_token(cfg)
+    headers = {"Content-Type": "text/plain; charset=utf-8"}
+    if token:
+        headers["Authorization"] = f"Token {token}"
+    # An empty write checks credentials and bucket without storing anything.
+    status, text, _ = await _request(session, "POST", base + "/api/v2/write", cfg, data=b"", headers=headers,
+                                     params={"org": cfg.org or "-", "bucket": bucket, "precision": "ms"})
+    if status in (401, 403):
+        raise StoreCheckError(f"InfluxDB at {cfg.url} refused the credentials (HTTP {status}); check "
+                              "influxdb.token (2.x/3.x: an API token with write access to the bucket) or "
+                              "influxdb.username/password (1.8)")
+    if status == 404:
+        raise StoreCheckError(
+            f"InfluxDB at {cfg.url}: {text[:200] or 'not found'} (HTTP 404); create the bucket with "
+            f"`influx bucket create -n {bucket} -o {cfg.org or '<org>'} -r 365d` (2.x), the database "
+            "on 1.8, or check influxdb.org/bucket")
+    if status >= 500 or status == 405:
+        raise StoreCheckError(f"InfluxDB at {cfg.url}: /api/v2/write answered HTTP {status}: {text[:300]}; "
+                              "for InfluxDB older than 1.8 set influxdb.api: v1")
+    # 204 (or 400 "no data" on servers that refuse an empty body): credentials and bucket are fine.
+    return f"InfluxDB {version} at {cfg.url}: bucket {bucket!r} writable with the v2 API"
+
+
+def _series_values(text: str) -> set[str]:
+    try:
+        doc = json.loads(text)
+        out: set[str] = set()
+        for result in doc.get("results", []):
+            for series in result.get("series", []) or []:
+                for row in series.get("values", []) or []:
+                    if row:
+                        out.add(str(row[0]))
+        return out
+    except (ValueError, AttributeError, TypeError):
+        return set()

@@ -1,0 +1,371 @@
+"""InfluxDB sink: every point goes through the on-disk spool first, then to InfluxDB 1.x, 2.x, 3.x in batches.
+
+Write-ahead, not spool-on-failure: `handle` appends the point to the spool and returns; the flusher
+(`run`) sends the oldest unacked records and acks them only after the server answered 2xx. So a point
+that `handle` accepted survives an outage, a `kill -9` and a restart, and is sent in order. Replays
+after a crash between "written" and "acked" resend points InfluxDB already has; identical measurement
++ tag set + timestamp overwrites with identical fields, so the store holds each point exactly once.
+
+Failures are sorted by what fixes them (docs/storage.md):
+- transient (unreachable, timeout, 5xx, 429): keep spooling, retry with backoff up to 60 s;
+- operator error (401/403 credentials, 404 missing bucket/database): keep spooling, log loudly once a
+  minute with the fix (v1 with `create_database: true` creates the database itself);
+- a point the server refuses (400: field type conflict, beyond retention, unparsable): the batch is
+  split until the offending lines are isolated; those are appended to `<spool_dir>/rejected.lp` with the
+  server's reason and never retried, the rest is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+import aiohttp
+
+from bridge.config import InfluxConfig
+from bridge.reading import Event, Reading
+from bridge.store.points import LineEncoder
+from bridge.store.spool import Spool
+
+log = logging.getLogger("bitaxe.store.influx")
+
+FailureKind = Literal["transient", "config", "reject"]
+MAX_BACKOFF = 60.0
+LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
+
+
+class WriteError(Exception):
+    """A write the server did not confirm. kind says what to do with the points (see module doc)."""
+
+    def __init__(self, kind: FailureKind, status: int | None, detail: str, target: str) -> None:
+        self.kind, self.status, self.detail, self.target = kind, status, detail, target
+        what = f"HTTP {status}" if status is not None else "unreachable"
+        super().__init__(f"{target}: {what}: {detail}")
+
+    @property
+    def fix(self) -> str:
+        if self.status in (401, 403):
+            return "check influxdb.token (2.x/3.x) or influxdb.username/password (1.x) in config.yaml"
+        if self.status == 404:
+            return ("create the bucket (influx bucket create -n <bucket> -r 365d) or the database "
+                    "(CREATE DATABASE <db>), or set influxdb.create_database: true with api: v1")
+        if self.status is None:
+            return "is InfluxDB running and influxdb.url right?"
+        return "see the server's message"
+
+
+def classify(status: int) -> FailureKind:
+    if status >= 500 or status in (408, 429):
+        return "transient"
+    if status in (400, 413, 422):
+        return "reject"
+    return "config"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def target_of(cfg: InfluxConfig) -> str:
+    if cfg.api == "v1":
+        return f"InfluxDB {cfg.url} database {cfg.database}" + (
+            f" rp {cfg.retention_policy}" if cfg.retention_policy else "")
+    return f"InfluxDB {cfg.url} bucket {v2_bucket(cfg)}"
+
+
+def v2_bucket(cfg: InfluxConfig) -> str:
+    """2.x/3.x bucket, or 1.8's "database/retention_policy" on its v2-compatible API."""
+    if cfg.bucket:
+        return cfg.bucket
+    db = cfg.database or ""
+    return f"{db}/{cfg.retention_policy}" if cfg.retention_policy else db
+
+
+def basic_auth(cfg: InfluxConfig) -> dict[str, str]:
+    """HTTP basic auth headers for the 1.x API (built here: aiohttp deprecates its BasicAuth)."""
+    if not cfg.username:
+        return {}
+    raw = f"{cfg.username}:{cfg.password or ''}".encode()
+    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
+def v2_token(cfg: InfluxConfig) -> str:
+    if cfg.token:
+        return cfg.token
+    if cfg.username:
+        return f"{cfg.username}:{cfg.password or ''}"  # InfluxDB 1.8's v2 API takes user:password
+    return ""
+
+
+class Writer(Protocol):
+    target: str
+
+    async def start(self) -> None: ...
+
+    async def write(self, body: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class V1Writer:
+    """Plain InfluxDB 1.x `POST /write?db=&rp=&precision=ms` over aiohttp."""
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        self.cfg = cfg
+        self.target = target_of(cfg)
+        self.session: aiohttp.ClientSession | None = None
+        self.params = {"db": cfg.database or "", "precision": "ms"}
+        if cfg.retention_policy:
+            self.params["rp"] = cfg.retention_policy
+        self.headers = basic_auth(cfg)
+
+    async def start(self) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
+                connector=aiohttp.TCPConnector(ssl=self.cfg.verify_ssl))
+
+    async def _post(self, path: str, params: dict[str, str], body: bytes | None) -> tuple[int, str]:
+        assert self.session is not None, "start() first"
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                async with self.session.post(self.cfg.url.rstrip("/") + path, params=params, data=body,
+                                             headers=self.headers) as resp:
+                    return resp.status, (await resp.text()).strip()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise WriteError("transient", None, _describe(exc), self.target) from None
+
+    async def write(self, body: bytes) -> None:
+        status, text = await self._post("/write", self.params, body)
+        if status >= 300:
+            raise WriteError(classify(status), status, text[:1000], self.target)
+
+    async def create_database(self) -> None:
+        db = (self.cfg.database or "").replace('"', '\\"')
+        status, text = await self._post("/query", {"q": f'CREATE DATABASE "{db}"'}, None)
+        if status >= 300 or '"error"' in text:
+            raise WriteError(classify(status) if status >= 300 else "config", status,
+                             f"CREATE DATABASE failed: {text[:500]}", self.target)
+        log.warning("%s: created the database (influxdb.create_database is true); set a retention "
+                    "policy on it (see docs/storage.md)", self.target)
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+class V2Writer:
+    """InfluxDB v2 write API (2.x, 3.x, 1.8 compat, VictoriaMetrics) via influxdb-client's async client."""
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        self.cfg = cfg
+        self.target = target_of(cfg)
+        self.bucket = v2_bucket(cfg)
+        self.org = cfg.org or "-"
+        self.client: object | None = None
+
+    async def start(self) -> None:
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+        if self.client is None:
+            self.client = InfluxDBClientAsync(url=self.cfg.url, token=v2_token(self.cfg), org=self.org,
+                                              timeout=int(self.cfg.timeout * 1000),
+                                              verify_ssl=self.cfg.verify_ssl)
+
+    async def write(self, body: bytes) -> None:
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
+        assert isinstance(self.client, InfluxDBClientAsync), "start() first"
+        try:
+            async with asyncio.timeout(self.cfg.timeout):
+                await self.client.write_api().write(bucket=self.bucket, org=self.org, record=body,
+                                                    write_precision=WritePrecision.MS)  # type: ignore[arg-type]
+        except ApiException as exc:
+            status = int(exc.status or 0)
+            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+            raise WriteError(classify(status), status, (text or str(exc.reason)).strip()[:1000],
+                             self.target) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise WriteError("transient", None, _describe(exc), self.target) from None
+
+    async def aclose(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()  # type: ignore[attr-defined]
+
+
+def make_writer(cfg: InfluxConfig) -> V1Writer | V2Writer:
+    return V1Writer(cfg) if cfg.api == "v1" else V2Writer(cfg)
+
+
+class InfluxSink:
+    """The `Sink` for InfluxDB: write-ahead spool + batched, retried writes (see module doc)."""
+
+    def __init__(self, cfg: InfluxConfig, name: str = "influxdb",
+                 writer: V1Writer | V2Writer | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.encoder = LineEncoder(cfg.measurement, cfg.event_measurement)
+        self.spool = Spool(cfg.spool_dir, int(cfg.spool_max_mb * 1_000_000))
+        self.writer = writer or make_writer(cfg)
+        self.rejected_path = cfg.spool_dir / "rejected.lp"
+        self.written = 0  # points confirmed by the server since start
+        self.rejected = 0  # points set aside (permanent 400s)
+        self._since_flush = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._last_loud = 0.0
+        self._down_since: float | None = None
+        self._opened = False
+
+    # -- Sink protocol ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self._opened:
+            await asyncio.to_thread(self.spool.open)
+            self._opened = True
+            if self.spool.pending:
+                log.info("%s: %d point(s) in the spool from before; replaying them first",
+                         self.writer.target, self.spool.pending)
+        await self.writer.start()
+
+    async def handle(self, item: Reading | Event) -> None:
+        line = self.encoder.item(item)
+        if line is None:
+            return
+        self.spool.append(line.encode())
+        self._since_flush += 1
+        if self._since_flush >= self.cfg.batch_size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        delay = 0.0  # replay a backlog from a previous run right away
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                delay = await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Never let the flusher die: that would stop every later write. The points stay spooled.
+                log.exception("%s: flush failed unexpectedly; points stay in the spool", self.writer.target)
+                delay = MAX_BACKOFF
+
+    async def aclose(self) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.timeout + 2):
+                await self.flush()
+        except (TimeoutError, Exception) as exc:  # the spool keeps whatever did not make it
+            log.warning("%s: final flush incomplete (%s); %d point(s) stay spooled for the next start",
+                        self.writer.target, _describe(exc), self.spool.pending)
+        finally:
+            with contextlib.suppress(Exception):
+                self.spool.close()
+            with contextlib.suppress(Exception):
+                await self.writer.aclose()
+
+    # -- flushing ---------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self.spool.pending
+
+    def stats(self) -> dict[str, int]:
+        return {"pending": self.spool.pending, "written": self.written, "rejected": self.rejected,
+                "dropped": self.spool.dropped}
+
+    async def sync(self) -> None:
+        fd = self.spool.sync_fd()
+        if fd is not None:
+            await asyncio.to_thread(_fsync_close, fd)
+
+    async def flush(self) -> float:
+        """Send everything spooled; returns seconds until the next attempt (backoff after a failure)."""
+        async with self._lock:
+            self._since_flush = 0
+            await self.sync()
+            while True:
+                batch = self.spool.read(self.cfg.batch_size)
+                if not batch:
+                    return self.cfg.flush_interval
+                try:
+                    await self._write_or_split(batch.records)
+                except WriteError as exc:
+                    if exc.status == 404 and self.cfg.create_database and isinstance(self.writer, V1Writer):
+                        try:
+                            await self.writer.create_database()
+                            continue
+                        except WriteError as create_exc:
+                            exc = create_exc
+                    return self._failed(exc)
+                self.spool.ack(batch)
+                self.written += len(batch)
+                self._recovered()
+
+    async def _write_or_split(self, records: list[bytes]) -> None:
+        try:
+            await self.writer.write(b"\n".join(records))
+            return
+        except WriteError as exc:
+            if exc.kind != "reject":
+                raise
+            if len(records) == 1:
+                self._set_aside(records[0], exc)
+                return
+        # InfluxDB writes the good points of a 400 batch ("partial write"); rewriting them is idempotent.
+        mid = len(records) // 2
+        await self._write_or_split(records[:mid])
+        await self._write_or_split(records[mid:])
+
+    def _set_aside(self, record: bytes, exc: WriteError) -> None:
+        self.rejected += 1
+        line = record.decode(errors="replace")
+        log.error("%s refused a point permanently (HTTP %s: %s); set aside in %s, not retried: %s",
+                  exc.target, exc.status, exc.detail, self.rejected_path, line[:300])
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        reason = exc.detail.replace("\n", " ")
+        # Comments plus the original line: the file can be fixed up and re-imported (influx -import).
+        with open(self.rejected_path, "a", encoding="utf-8") as f:
+            f.write(f"# {stamp} HTTP {exc.status} from {exc.target}: {reason}\n{line}\n")
+
+    def _failed(self, exc: WriteError) -> float:
+        self._failures += 1
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** min(self._failures, 8))
+        if self._failures == 1 or now - self._last_loud >= LOUD_EVERY:
+            self._last_loud = now
+            level = logging.ERROR if exc.kind == "config" else logging.WARNING
+            log.log(level, "%s; %s. %d point(s) kept in the spool (%s), retrying in %.0f s",
+                    exc, exc.fix, self.spool.pending, self.spool.dir, delay)
+        return delay
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning("%s: writes succeed again after %.0f s; spool backlog %d point(s)",
+                        self.writer.target, time.monotonic() - self._down_since, self.spool.pending)
+        self._failures = 0
+        self._down_since = None
+
+
+def _fsync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

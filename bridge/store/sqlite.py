@@ -1,0 +1,261 @@
+"""The embedded default store: SQLite in WAL mode, schema derived from the metric table (docs/storage.md).
+
+The bridge writes in batched transactions from a worker thread; the analyzer (another process) reads
+at the same time through `open_readonly`. WAL lets one writer and many readers work concurrently, and
+readers see whole transactions only. Replays are idempotent: UNIQUE(miner, time) + INSERT OR IGNORE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bridge.config import SqliteConfig
+from bridge.metrics import STORE_METRICS, TAGS, Value
+from bridge.reading import Event, Reading
+
+log = logging.getLogger("bitaxe.store.sqlite")
+
+SCHEMA_VERSION = "1"
+BUSY_TIMEOUT_MS = 10_000
+SQL_TYPE = {"float": "REAL", "int": "INTEGER", "bool": "INTEGER", "str": "TEXT"}
+
+TAG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in TAGS)
+METRIC_COLUMNS: tuple[str, ...] = tuple(m.key for m in STORE_METRICS)
+READING_COLUMNS: tuple[str, ...] = ("time", *TAG_COLUMNS, *METRIC_COLUMNS)
+EVENT_COLUMNS: tuple[str, ...] = ("time", "miner", "kind", "message", "data")
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _column_defs() -> list[tuple[str, str]]:
+    return ([("time", "REAL NOT NULL")] + [(t, "TEXT") for t in TAG_COLUMNS]
+            + [(m.key, SQL_TYPE[m.kind]) for m in STORE_METRICS])
+
+
+def _sql_value(v: Value) -> float | int | str | None:
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # NaN/inf would poison AVG(); a missing value is the honest one
+    return v
+
+
+_VALUE_FNS = tuple(fn for _, fn in TAGS) + tuple(m.value_fn for m in STORE_METRICS)
+
+
+def reading_row(r: Reading) -> tuple[float | int | str | None, ...]:
+    return (r.time, *(_sql_value(fn(r)) for fn in _VALUE_FNS))
+
+
+def event_row(e: Event) -> tuple[float | str, ...]:
+    import json
+
+    return (e.time, e.miner, e.kind, e.message,
+            json.dumps(e.data, separators=(",", ":"), sort_keys=True, default=str))
+
+
+class SqliteStore:
+    """One connection to the bridge's SQLite file. Use from one thread at a time."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn = conn
+        self.path = path
+        self._insert_reading = (f"INSERT OR IGNORE INTO readings ({', '.join(map(_q, READING_COLUMNS))}) "
+                                f"VALUES ({', '.join('?' * len(READING_COLUMNS))})")
+        self._insert_event = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+                              f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+
+    @classmethod
+    def open(cls, path: str | Path) -> SqliteStore:
+        """Open (creating the file and directories) for writing; brings the schema up to the metric table."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(p, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                               isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("sqlite %s: journal_mode is %s, not WAL (network filesystem?); readers may block "
+                        "the bridge", p, mode)
+        # NORMAL in WAL mode: a power cut can lose the last transactions, never corrupt the file.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        store = cls(conn, p)
+        store.ensure_schema()
+        return store
+
+    def ensure_schema(self) -> None:
+        c = self.conn
+        with self.transaction():
+            cols = ", ".join(f"{_q(n)} {t}" for n, t in _column_defs())
+            c.execute(f"CREATE TABLE IF NOT EXISTS readings ({cols}, UNIQUE(miner, time))")
+            have = {row[1] for row in c.execute("PRAGMA table_info(readings)")}
+            for name, sql_type in _column_defs():
+                if name not in have:  # a metric added to the table since this file was created
+                    c.execute(f"ALTER TABLE readings ADD COLUMN {_q(name)} {sql_type}")
+                    log.info("sqlite %s: added column readings.%s (%s)", self.path, name, sql_type)
+            c.execute("CREATE INDEX IF NOT EXISTS readings_miner_config_time "
+                      "ON readings(miner, config, time)")
+            c.execute("CREATE INDEX IF NOT EXISTS readings_time ON readings(time)")
+            c.execute("CREATE TABLE IF NOT EXISTS events (time REAL NOT NULL, miner TEXT NOT NULL, "
+                      "kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, "
+                      "UNIQUE(miner, time, kind))")
+            c.execute("CREATE INDEX IF NOT EXISTS events_miner_time ON events(miner, time)")
+            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                      (SCHEMA_VERSION,))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so a concurrent writer (a `session` command)
+        # waits on busy_timeout instead of failing half-way.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def write(self, readings: Sequence[Reading] = (), events: Sequence[Event] = ()) -> int:
+        """Insert in one transaction; rows already present (a replay) are ignored. Returns rows added."""
+        with self.transaction() as c:
+            before = c.total_changes
+            if readings:
+                c.executemany(self._insert_reading, [reading_row(r) for r in readings])
+            if events:
+                c.executemany(self._insert_event, [event_row(e) for e in events])
+            return c.total_changes - before
+
+    def prune(self, older_than: float) -> int:
+        """Delete readings and events older than `older_than` (unix s); returns rows deleted."""
+        with self.transaction() as c:
+            n = c.execute("DELETE FROM readings WHERE time < ?", (older_than,)).rowcount
+            n += c.execute("DELETE FROM events WHERE time < ?", (older_than,)).rowcount
+        return n
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self.conn.close()
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection for the analyzer (rows as sqlite3.Row); safe while the bridge writes."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such SQLite store; is the bridge running with sqlite.path "
+                                "pointing here, or did it never write?")
+    conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class SqliteSink:
+    """The `Sink` for SQLite: buffers items, writes them every `flush_interval` s or `batch_size` items
+    in one transaction from a worker thread, and prunes by `retention_days` once an hour.
+
+    A `kill -9` loses at most the buffered second; the InfluxDB path has the write-ahead spool.
+    """
+
+    PRUNE_EVERY = 3600.0
+    MAX_BUFFER = 200_000  # items held while the disk refuses writes, then the oldest are dropped
+
+    def __init__(self, cfg: SqliteConfig, name: str = "sqlite", batch_size: int = 500,
+                 flush_interval: float = 1.0) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.store: SqliteStore | None = None
+        self.buffer: list[Reading | Event] = []
+        self.written = 0
+        self.dropped = 0
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_prune = 0.0
+        self._inflight: asyncio.Future[int] | None = None
+
+    async def start(self) -> None:
+        if self.store is None:
+            self.store = await asyncio.to_thread(SqliteStore.open, self.cfg.path)
+
+    async def handle(self, item: Reading | Event) -> None:
+        self.buffer.append(item)
+        if len(self.buffer) >= self.batch_size:
+            self._wake.set()
+        if len(self.buffer) > self.MAX_BUFFER:
+            del self.buffer[: len(self.buffer) - self.MAX_BUFFER]
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("sqlite %s: cannot write and the buffer is full; dropping oldest items (%d so far)",
+                          self.cfg.path, self.dropped)
+
+    async def run(self) -> None:
+        delay = self.flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                await self._maybe_prune()
+                delay = self.flush_interval
+            except asyncio.CancelledError:
+                raise
+            except (sqlite3.Error, OSError) as exc:
+                delay = min(30.0, delay * 2)
+                log.error("sqlite %s: write failed (%s); %d item(s) kept in memory, retrying in %.0f s. "
+                          "Check free disk space and file permissions", self.cfg.path, exc,
+                          len(self.buffer), delay)
+
+    async def flush(self) -> int:
+        async with self._lock:
+            if not self.buffer or self.store is None:
+                return 0
+            items, self.buffer = self.buffer, []
+            readings = [i for i in items if isinstance(i, Reading)]
+            events = [i for i in items if isinstance(i, Event)]
+            if self._inflight is not None and not self._inflight.done():
+                # A flush cancelled at shutdown still runs in its thread; one transaction at a time.
+                with contextlib.suppress(BaseException):
+                    await self._inflight
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.store.write, readings, events))
+            try:
+                n = await asyncio.shield(self._inflight)
+            except BaseException:
+                self.buffer[:0] = items  # keep order for the retry (a replay is ignored by UNIQUE)
+                raise
+            self.written += len(items)
+            return n
+
+    async def _maybe_prune(self) -> None:
+        if self.cfg.retention_days is None or self.store is None:
+            return
+        now = time.time()
+        if now - self._last_prune < self.PRUNE_EVERY:
+            return
+        self._last_prune = now
+        async with self._lock:
+            n = await asyncio.to_thread(self.store.prune, now - self.cfg.retention_days * 86400)
+        if n:
+            log.info("sqlite %s: pruned %d row(s) older than %g days (sqlite.retention_days)",
+                     self.cfg.path, n, self.cfg.retention_days)
+
+    async def aclose(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            if self.store is not None:
+                store, self.store = self.store, None
+                await asyncio.to_thread(store.close)
