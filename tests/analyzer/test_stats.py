@@ -141,3 +141,28 @@ def test_t_quantile():
     assert t_quantile(3) == pytest.approx(3.182, abs=1e-3)
     assert t_quantile(30) == pytest.approx(2.042, abs=2e-3)
     assert t_quantile(1e6) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_coverage_on_the_simulator_physics():
+    """The simulator's own noise (AR(1) drifts, fan control, leakage) against its truth(): a smaller run."""
+    from analyzer.synthetic import simulated_history
+
+    schedule = [(525, 1150, 7200), (600, 1200, 7200)] * 2
+    hits: dict[str, list[bool]] = {"j_per_th": [], "hashrate": [], "power": []}
+    naive: list[bool] = []
+    for k in range(30):
+        s, model = simulated_history("Gamma", schedule, seed=1000 + k)
+        b = bin_samples(s, 30.0)
+        for c in config_stats(b, find_segments(b, [], WarmupPolicy())):
+            f, v = c.config.split("@")
+            truth = model.truth(float(f), int(v))  # type: ignore[attr-defined]
+            for key in hits:
+                e = c.est[key]
+                hits[key].append(e.lo is not None and e.lo <= getattr(truth, key) <= e.hi)
+            lo, hi = naive_t_interval(s.fields["power"][s.config == c.config])
+            naive.append(lo <= truth.power <= hi)
+    for key, h in hits.items():
+        print(f"simulator coverage {key}: {np.mean(h):.3f}")
+        assert np.mean(h) >= 0.85, f"{key}: {np.mean(h):.1%}"
+    print(f"simulator naive power coverage: {np.mean(naive):.3f}")
+    assert np.mean(naive) < 0.7
