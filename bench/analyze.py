@@ -1,4 +1,4 @@
-"""Analyzer benchmark: time to rank 10 miners (5-s readings) aggregating in the database vs pulling raw points.
+"""Analyzer benchmark: time to rank 10 miners (5-s readings), aggregating in the database vs raw points.
 
     python3 -m bench.analyze [--periods 1w,30d] [--miners 10] [--no-influx] [--write-docs]
 
@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--miners", type=int, default=10)
     ap.add_argument("--no-influx", action="store_true")
     ap.add_argument("--no-raw-influx-over", default="60d", help="skip raw InfluxDB pulls above this length")
-    ap.add_argument("--write-docs", action="store_true", help="replace the ## Analyzer section of docs/performance.md")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="replace the ## Analyzer section of docs/performance.md")
     args = ap.parse_args()
     rows: list[tuple[str, int, str, str, float, int]] = []
     server = None
@@ -76,7 +77,8 @@ def main() -> None:
             points = sum(len(h) for h in hist)
             db = tmp / f"{period}.db"
             write_sqlite(db, hist)
-            print(f"{period}: {points:,} points generated + SQLite in {time.perf_counter() - t0:.1f} s", flush=True)
+            took = time.perf_counter() - t0
+            print(f"{period}: {points:,} points generated + SQLite in {took:.1f} s", flush=True)
             stores: list[tuple[str, Store]] = [("SQLite", SqliteStore(db))]
             if server is not None:
                 name = f"bench_{uuid.uuid4().hex[:6]}"
@@ -109,14 +111,25 @@ def render(rows: list[tuple[str, int, str, str, float, int]], miners: int) -> st
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = [
         "## Analyzer", "",
-        f"`python3 -m bench.analyze --periods {','.join(dict.fromkeys(r[0] for r in rows))} --write-docs` on {now}; "
-        f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}.",
-        f"Time for `analyze()` (what `bitaxe-analyze rank` runs) over {miners} miners at a 5-s poll interval: "
-        f"read, 30-s bins, segments, warm-up, batch-means statistics. *db* = the database aggregates "
+        f"`python3 -m bench.analyze --periods {','.join(dict.fromkeys(r[0] for r in rows))} --write-docs` "
+        f"on {now}; {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}.",
+        f"Time for `analyze()` (what `bitaxe-analyze rank` runs) over {miners} miners at a 5-s poll "
+        f"interval: read, 30-s bins, segments, warm-up, batch-means statistics. *db* = the database aggregates "
         f"(SQLite `GROUP BY bin, config`; InfluxQL `GROUP BY time(30s), config, firmware`), *raw* = every "
         f"reading is pulled into Python and binned with numpy (same numbers, checked by the tests).", "",
-        "| history | points | store | fetch | seconds | µs/point | bins |", "|---|---:|---|---|---:|---:|---:|"]
-    body = [f"| {p} | {n:,} | {s} | {f} | {dt:.2f} | {dt / n * 1e6:.2f} | {b:,} |" for p, n, s, f, dt, b in rows]
+        "| history | points | store | fetch | seconds | µs/point | bins |",
+        "|---|---:|---|---|---:|---:|---:|"]
+    body = [f"| {p} | {n:,} | {s} | {f} | {dt:.2f} | {dt / n * 1e6:.2f} | {b:,} |"
+            for p, n, s, f, dt, b in rows]
+    # A year (63M points for 10 miners) is extrapolated linearly from the longest measured history.
+    year = miners * 365 * 86400 // 5
+    last: dict[tuple[str, str], tuple[int, float, int]] = {}
+    for _, n, s, f, dt, b in rows:
+        if (s, f) not in last or n >= last[(s, f)][0]:
+            last[(s, f)] = (n, dt, b)
+    body += [f"| 1 year (extrapolated) | {year:,} | {s} | {f} | ~{dt / n * year:.0f} | {dt / n * 1e6:.2f} | "
+             f"~{round(b / n * year):,} |" for (s, f), (n, dt, b) in last.items()]
     return "\n".join(head + body) + "\n"
 
 
