@@ -115,7 +115,8 @@ def render(rows: list[tuple[str, int, str, str, float, int]], miners: int) -> st
         f"on {now}; {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}.",
         f"Time for `analyze()` (what `bitaxe-analyze rank` runs) over {miners} miners at a 5-s poll "
-        f"interval: read, 30-s bins, segments, warm-up, batch-means statistics. *db* = the database aggregates "
+        f"interval: read, 30-s bins, segments, warm-up, batch-means statistics. *db* = the database "
+        f"aggregates "
         f"(SQLite `GROUP BY bin, config`; InfluxQL `GROUP BY time(30s), config, firmware`), *raw* = every "
         f"reading is pulled into Python and binned with numpy (same numbers, checked by the tests).", "",
         "| history | points | store | fetch | seconds | µs/point | bins |",
