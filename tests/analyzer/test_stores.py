@@ -209,3 +209,23 @@ def test_sqlite_store_is_read_only(sqlite_db):
     with pytest.raises(sqlite3.OperationalError):
         store.db.execute("DELETE FROM readings")
     store.close()
+
+
+def test_config_file_influxdb_section_wins(influx_db, tmp_path):
+    url, db = influx_db.removeprefix("influxdb:").rsplit("/", 1)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("miners:\n  - name: gamma-1\n    host: 127.0.0.1:1\n"
+                   f"influxdb:\n  url: {url}\n  database: {db}\n  api: v1\n"
+                   f"sqlite:\n  path: {tmp_path}/absent.db\n")
+    code, out = invoke("recommend", "--config", str(cfg), "--json")
+    assert code == 0, out
+    assert json.loads(out)["source"] == f"influxdb:{url}/{db}"
+
+
+def test_time_parsing():
+    from analyzer.analysis import parse_duration, parse_time
+
+    assert parse_duration("90s") == 90 and parse_duration("2h") == 7200 and parse_duration("7d") == 7 * 86400
+    assert parse_time("1h", now=10_000.0) == 6400.0
+    assert parse_time("2026-11-01") == 1793491200.0
+    assert parse_time("2026-11-01T08:00:00Z") == 1793491200.0 + 8 * 3600
