@@ -62,7 +62,8 @@ def change_points(bins: Bins, events: list[EventRow], gap_s: float) -> tuple[np.
     checks: list[tuple[str, np.ndarray]] = [
         # order: the last match wins, so the most specific cause is named
         ("gap", (bins.start[cur] - bins.start[prev]) > max(gap_s, w) + w * 0.5),
-        ("overheat", bins.overheat[prev] > 0),
+        # the end of an overheat episode (the ASIC is powered again): one change point per episode
+        ("overheat", (bins.overheat[prev] > 0) & (bins.overheat[cur] <= 0)),
         # min vs min: a bin that holds a reboot has a small minimum already and must not count twice
         ("restart", bins.uptime_min[cur] < bins.uptime_min[prev]),
         ("firmware_change", bins.firmware[cur] != bins.firmware[prev]),

@@ -66,3 +66,20 @@ def test_warmup_is_excluded_and_respects_min_and_fixed():
     assert all(abs(x.warmup_s - 600.0) <= 30.0 for x in fixed)
     none = find_segments(b, [], WarmupPolicy(fixed_s=0.0))
     assert all(x.warmup_s == 0.0 for x in none)
+
+
+def test_simulated_overheat_flags_the_config_and_the_stepped_down_config_is_separate():
+    """Simulator at 38 °C ambient: 625@1300 overheats; the firmware steps down to 525@1200 and saves it."""
+    from analyzer.stats import config_stats
+    from analyzer.synthetic import simulated_history
+
+    s, model = simulated_history("Gamma", [(525, 1150, 3600), (625, 1300, 3600)], seed=2, ambient=38.0)
+    assert model.overheat_count >= 1  # type: ignore[attr-defined]
+    b = bin_samples(s, 30.0)
+    segs = find_segments(b, [], WarmupPolicy())
+    stats = {c.config: c for c in config_stats(b, segs)}
+    assert set(stats) == {"525@1150", "625@1300", "525@1200"}
+    assert not stats["625@1300"].stable and "overheated 1×" in stats["625@1300"].flags[0]
+    assert stats["525@1150"].stable and stats["525@1200"].stable
+    assert [x.config for x in segs] == ["525@1150", "625@1300", "525@1200"]
+    assert segs[1].overheat and segs[2].warmup_s >= 120.0
