@@ -7,6 +7,7 @@ import re
 import sys
 import time as _time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from analyzer.segments import Segment, WarmupPolicy, find_segments
 from analyzer.sources import Store
 from analyzer.stats import ConfigStats, Difference, Gates, config_stats, difference
 
+QUERY_THREADS = 3  # concurrent per-miner queries against a database server
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -77,15 +79,23 @@ def analyze(store: Store, miners: list[str], *, since: float | None, until: floa
     """fetch="db": the database aggregates bins (GROUP BY); "raw": pull every reading and bin in numpy."""
     out: dict[str, MinerAnalysis] = {}
     events = store.events(None, since, until)
-    it: Iterable[str] = progress(miners) if progress else miners
-    for name in it:
+
+    def load(name: str) -> Bins:
         if fetch == "raw":
-            bins = bin_samples(store.samples(name, since, until), width)
-        else:
-            bins = store.bins(name, since, until, width)
-        ev = [e for e in events if e.miner == name]
-        segs = find_segments(bins, ev, policy)
-        out[name] = MinerAnalysis(name, bins, segs, config_stats(bins, segs, gates), ev)
+            return bin_samples(store.samples(name, since, until), width)
+        return store.bins(name, since, until, width)
+
+    # A server answers several miners' queries at once (each one mostly waits on the server);
+    # SQLite connections are single-threaded and local, so they are read one miner after another.
+    workers = min(QUERY_THREADS, len(miners)) if getattr(store, "concurrent", False) else 1
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = {name: pool.submit(load, name) for name in miners} if workers > 1 else {}
+        it: Iterable[str] = progress(miners) if progress else miners
+        for name in it:
+            bins = pending[name].result() if name in pending else load(name)
+            ev = [e for e in events if e.miner == name]
+            segs = find_segments(bins, ev, policy)
+            out[name] = MinerAnalysis(name, bins, segs, config_stats(bins, segs, gates), ev)
     return Analysis(store.name, since, until, width, policy, gates, out, fetch)
 
 

@@ -177,6 +177,8 @@ class InfluxStore:
     Aggregation runs in the database (GROUP BY time(bin), config, firmware); only bins cross the wire.
     """
 
+    concurrent = True  # one HTTP request per call: safe to query several miners from threads
+
     def __init__(self, url: str, database: str, *, username: str | None = None,
                  password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
                  event_measurement: str = "bitaxe_event", timeout: float = 300.0) -> None:
