@@ -125,7 +125,10 @@ def _times(kw: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def _progress(items: list[str]) -> Iterable[str]:
-    if not sys.stderr.isatty() or len(items) < 2:
+    if not sys.stderr.isatty():
+        return items
+    if len(items) < 2:
+        click.echo(f"querying {', '.join(items)} …", err=True)
         return items
 
     def gen() -> Iterator[str]:
