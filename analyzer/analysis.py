@@ -136,7 +136,8 @@ class Pick:
 
 
 def _pick(title: str, rule: str, pool: list[ConfigStats], key: str, descending: bool) -> Pick:
-    ranked = sorted((s for s in pool if math.isfinite(s.est[key].value)),
+    # Only configs with an interval compete: ten noisy minutes must not win on a lucky mean.
+    ranked = sorted((s for s in pool if s.est[key].has_interval),
                     key=lambda s: -s.est[key].value if descending else s.est[key].value)
     if not ranked:
         return Pick(title, rule, None, None, None, key)

@@ -307,7 +307,8 @@ def _fmt_pick(p: Pick) -> str:
 def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> None:
     """Best efficiency, best hashrate and best balance among stable configs, with the margin to the runner-up.
 
-    Best balance is defined as: maximise hashrate subject to J/TH ≤ (1 + tolerance) × best J/TH.
+    Only configs with enough steady data for an interval compete. Best balance is defined as:
+    maximise hashrate subject to J/TH ≤ (1 + tolerance) × best J/TH.
     A margin is "significant" when the 95 % interval of the difference excludes zero.
     """
     a = run(kw, miner)
@@ -321,6 +322,9 @@ def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> Non
         click.echo(f"\nminer {name}:")
         for p in ps:
             click.echo("  " + _fmt_pick(p).replace("\n", "\n  "))
+        thin = [s.config for s in a.miners[name].stats if s.stable and not s.est["j_per_th"].has_interval]
+        if thin:
+            click.echo(f"  not considered (too little data for an interval): {', '.join(thin)}")
 
 
 @main.command("compare", epilog=EPILOG)

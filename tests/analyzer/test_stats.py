@@ -166,3 +166,14 @@ def test_coverage_on_the_simulator_physics():
         assert np.mean(h) >= 0.85, f"{key}: {np.mean(h):.1%}"
     print(f"simulator naive power coverage: {np.mean(naive):.3f}")
     assert np.mean(naive) < 0.7
+
+
+def test_recommend_ignores_configs_without_an_interval():
+    """A 10-minute visit with a lucky mean must not be recommended over well-measured configs."""
+    lucky = TrueConfig("400@1000", 800.0, 9.0, 45.0, expected_hashrate=816.0)  # best J/TH, barely measured
+    h = ar1_histories([*CONFIGS, lucky], [*[(i, 7200) for i in range(3)], (3, 900)], seed=3)[0]
+    stats = list(_analyze(bin_samples(h, 30.0)).values())
+    thin = next(s for s in stats if s.config == lucky.tag)
+    assert thin.stable and not thin.est["j_per_th"].has_interval
+    eff = recommend(stats)[0]
+    assert eff.best is not None and eff.best.config == "490@1100"
