@@ -229,3 +229,10 @@ def test_time_parsing():
     assert parse_time("1h", now=10_000.0) == 6400.0
     assert parse_time("2026-11-01") == 1793491200.0
     assert parse_time("2026-11-01T08:00:00Z") == 1793491200.0 + 8 * 3600
+
+
+def test_too_little_data_is_said_in_the_table(sqlite_db):
+    # the last 20 minutes hold only the end of one visit: a point value, no interval
+    code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--since", "2025-06-16T02:46:40Z", "--all")
+    assert code == 0, out
+    assert "(no CI)" in out and "too little data for an interval" in out
