@@ -28,7 +28,9 @@ test: servers setup lint
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/poll.py --write
+	$(BIN)/python -m bench.store
+	$(BIN)/python -m bench.analyze --write-docs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,166 @@
+"""One analysis run: read a store, cut segments, compute per-config statistics; rankings, recommendations."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time as _time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from analyzer.data import Bins, EventRow, bin_samples
+from analyzer.segments import Segment, WarmupPolicy, find_segments
+from analyzer.sources import Store
+from analyzer.stats import ConfigStats, Difference, Gates, config_stats, difference
+
+QUERY_THREADS = 3  # concurrent per-miner queries against a database server
+_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """"90s", "5m", "2h", "7d", "1w" or plain seconds."""
+    m = _DUR.match(text)
+    if not m:
+        raise ValueError(f'"{text}" is not a duration like 90s, 5m, 2h, 7d')
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """A duration back from now ("7d") or an ISO time ("2026-11-01", "2026-11-01T08:00:00Z"; naive = UTC)."""
+    now = _time.time() if now is None else now
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f'"{text}" is neither a duration back from now (7d, 12h) nor an ISO time '
+                         f"(2026-11-01 or 2026-11-01T08:00:00Z)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def fmt_time(t: float | None) -> str:
+    if t is None:
+        return "—"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@dataclass
+class MinerAnalysis:
+    miner: str
+    bins: Bins
+    segments: list[Segment]
+    stats: list[ConfigStats]
+    events: list[EventRow] = field(default_factory=list)
+
+
+@dataclass
+class Analysis:
+    store: str
+    since: float | None
+    until: float | None
+    width: float
+    policy: WarmupPolicy
+    gates: Gates
+    miners: dict[str, MinerAnalysis]
+    fetch: str
+
+
+def analyze(store: Store, miners: list[str], *, since: float | None, until: float | None, width: float,
+            policy: WarmupPolicy, gates: Gates, fetch: str = "db",
+            progress: Callable[[list[str]], Iterable[str]] | None = None) -> Analysis:
+    """fetch="db": the database aggregates bins (GROUP BY); "raw": pull every reading and bin in numpy."""
+    out: dict[str, MinerAnalysis] = {}
+    events = store.events(None, since, until)
+
+    def load(name: str) -> Bins:
+        if fetch == "raw":
+            return bin_samples(store.samples(name, since, until), width)
+        return store.bins(name, since, until, width)
+
+    # A server answers several miners' queries at once (each one mostly waits on the server);
+    # SQLite connections are single-threaded and local, so they are read one miner after another.
+    workers = min(QUERY_THREADS, len(miners)) if getattr(store, "concurrent", False) else 1
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = {name: pool.submit(load, name) for name in miners} if workers > 1 else {}
+        it: Iterable[str] = progress(miners) if progress else miners
+        for name in it:
+            bins = pending[name].result() if name in pending else load(name)
+            ev = [e for e in events if e.miner == name]
+            segs = find_segments(bins, ev, policy)
+            out[name] = MinerAnalysis(name, bins, segs, config_stats(bins, segs, gates), ev)
+    return Analysis(store.name, since, until, width, policy, gates, out, fetch)
+
+
+# ----------------------------------------------------------------------------------------------- ranking
+RANK_KEYS = {"efficiency": ("j_per_th", False), "hashrate": ("hashrate", True),
+             "temperature": ("asic_temp", False)}
+
+
+def rank(stats: list[ConfigStats], by: str = "efficiency", include_unstable: bool = False
+         ) -> list[ConfigStats]:
+    key, descending = RANK_KEYS[by]
+    pool = [s for s in stats if (include_unstable or s.stable) and math.isfinite(s.est[key].value)]
+
+    def sort_key(s: ConfigStats) -> tuple[int, float]:
+        v = s.est[key].value
+        return (0 if s.stable else 1, -v if descending else v)
+
+    return sorted(pool, key=sort_key)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """One recommendation: the winner, the runner-up and whether the winner is significantly better."""
+
+    title: str
+    rule: str
+    best: ConfigStats | None
+    runner_up: ConfigStats | None
+    diff: Difference | None
+    key: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"title": self.title, "rule": self.rule, "metric": self.key,
+                "best": None if self.best is None else self.best.config,
+                "runner_up": None if self.runner_up is None else self.runner_up.config,
+                "difference": None if self.diff is None else self.diff.to_dict(),
+                "significant": None if self.diff is None else self.diff.significant}
+
+
+def _pick(title: str, rule: str, pool: list[ConfigStats], key: str, descending: bool) -> Pick:
+    # Only configs with an interval compete: ten noisy minutes must not win on a lucky mean.
+    ranked = sorted((s for s in pool if s.est[key].has_interval),
+                    key=lambda s: -s.est[key].value if descending else s.est[key].value)
+    if not ranked:
+        return Pick(title, rule, None, None, None, key)
+    best = ranked[0]
+    if len(ranked) == 1:
+        return Pick(title, rule, best, None, None, key)
+    second = ranked[1]
+    return Pick(title, rule, best, second,
+                difference(key, best.est[key], second.est[key], best.time_s, second.time_s), key)
+
+
+def recommend(stats: list[ConfigStats], balance_tolerance: float = 5.0) -> list[Pick]:
+    stable = [s for s in stats if s.stable]
+    eff = _pick("Best efficiency", "lowest J/TH", stable, "j_per_th", False)
+    hr = _pick("Best hashrate", "highest GH/s", stable, "hashrate", True)
+    best_j = eff.best.est["j_per_th"].value if eff.best else math.nan
+    limit = best_j * (1 + balance_tolerance / 100.0)
+    rule = (f"highest GH/s among stable configs whose J/TH is within {balance_tolerance:g} % of the best "
+            f"({limit:.2f} J/TH)" if math.isfinite(limit) else "no stable config with J/TH")
+    pool = [s for s in stable if s.est["j_per_th"].value <= limit] if math.isfinite(limit) else []
+    bal = _pick("Best balance", rule, pool, "hashrate", True)
+    return [eff, hr, bal]
+
+
+def warn(msg: str) -> None:
+    print(msg, file=sys.stderr)

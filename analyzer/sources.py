@@ -1,0 +1,365 @@
+"""Read-only access to the stores (SQLite, InfluxDB via InfluxQL): miners, bins, raw samples, events."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
+from analyzer.data import Bins, EventRow, Samples, empty_bins, samples_from_rows
+
+AGG_MEANS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
+
+
+class StoreError(Exception):
+    """The store cannot answer; str() names the store, what failed and what to do."""
+
+
+class Store(Protocol):
+    name: str
+
+    def miners(self) -> list[str]: ...
+
+    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins: ...
+
+    def samples(self, miner: str, since: float | None, until: float | None) -> Samples: ...
+
+    def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]: ...
+
+    def close(self) -> None: ...
+
+
+def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) -> Bins:
+    """Rows of (bin_start, config, firmware, n, *AGG_MEANS, up_min, up_max, overheat, (cmax, cmin)*)."""
+    if not rows:
+        return empty_bins(miner, width)
+    cols = list(zip(*rows, strict=True))
+
+    def f(i: int) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for v in cols[i]], dtype=float)
+
+    k = 4 + len(AGG_MEANS)
+    cmax = {c: f(k + 3 + 2 * j) for j, c in enumerate(COUNTERS)}
+    cmin = {c: f(k + 4 + 2 * j) for j, c in enumerate(COUNTERS)}
+    return Bins(miner, width, f(0), np.asarray(cols[1], dtype=object), np.asarray(cols[2], dtype=object),
+                np.nan_to_num(f(3)), {key: f(4 + i) for i, key in enumerate(AGG_MEANS)}, f(k), f(k + 1),
+                np.nan_to_num(f(k + 2)), cmax, cmin).sorted()
+
+
+# --------------------------------------------------------------------------------------------- SQLite
+class SqliteStore:
+    """The bridge's embedded store (SCHEMA.md), opened read-only so a running bridge is never disturbed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.name = f"sqlite:{self.path}"
+        if not self.path.exists():
+            raise StoreError(f"SQLite store {self.path}: no such file; pass --source sqlite:PATH with the "
+                             f"bridge's sqlite.path, or run the bridge first")
+        try:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(readings)")}
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: cannot open ({exc}); is it a bitaxe-bridge "
+                             f"database?") from None
+        if not cols:
+            raise StoreError(f"SQLite store {self.path}: has no readings table; is it a bitaxe-bridge "
+                             f"database?")
+        self.columns = cols
+        ev = {r[1] for r in self.db.execute("PRAGMA table_info(events)")}
+        self.has_events = bool(ev)
+
+    def _col(self, key: str, agg: str = "") -> str:
+        if key not in self.columns:
+            return "NULL"  # an older schema without this metric: the value is missing, not zero
+        return f'{agg}("{key}")' if agg else f'"{key}"'
+
+    def _where(self, miner: str, since: float | None, until: float | None) -> tuple[str, list[Any]]:
+        clauses: list[str] = ["miner = ?"]
+        args: list[Any] = [miner]
+        if since is not None:
+            clauses.append("time >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            args.append(until)
+        if IMPLAUSIBLE in self.columns:
+            clauses.append(f"COALESCE({IMPLAUSIBLE}, 0) = 0")
+        return " AND ".join(clauses), args
+
+    def _query(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: query failed ({exc})") from None
+
+    def miners(self) -> list[str]:
+        return sorted(r[0] for r in self._query("SELECT DISTINCT miner FROM readings", []))
+
+    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+        where, args = self._where(miner, since, until)
+        aggs = [self._col("hashrate", "COUNT"), *(self._col(k, "AVG") for k in AGG_MEANS),
+                self._col(UPTIME, "MIN"), self._col(UPTIME, "MAX"), self._col(OVERHEAT, "MAX")]
+        for c in COUNTERS:
+            aggs += [self._col(c, "MAX"), self._col(c, "MIN")]
+        sql = (f"SELECT CAST(time / ? AS INTEGER) * ? AS b, config, firmware, {', '.join(aggs)} "
+               f"FROM readings WHERE {where} GROUP BY b, config, firmware")
+        return _bins_from_columns(miner, width, self._query(sql, [width, width, *args]))
+
+    def samples(self, miner: str, since: float | None, until: float | None) -> Samples:
+        where, args = self._where(miner, since, until)
+        cols = ", ".join(self._col(k) for k in RAW_FIELDS)
+        rows = self._query(f"SELECT time, config, firmware, {cols} FROM readings WHERE {where} ORDER BY time",
+                           args)
+        return samples_from_rows(miner, rows)
+
+    def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
+        if not self.has_events:
+            return []
+        clauses: list[str] = ["1=1"]
+        args: list[Any] = []
+        if miner is not None:
+            clauses.append("miner = ?")
+            args.append(miner)
+        if since is not None:
+            clauses.append("time >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("time < ?")
+            args.append(until)
+        rows = self._query("SELECT time, miner, kind, message, data FROM events WHERE "
+                           f"{' AND '.join(clauses)} ORDER BY time", args)
+        return [EventRow(r[1], float(r[0]), r[2], r[3] or "", _json_obj(r[4])) for r in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _json_obj(text: Any) -> dict[str, Any]:
+    if isinstance(text, dict):
+        return text
+    try:
+        v = json.loads(text) if text else {}
+    except (TypeError, ValueError):
+        return {}
+    return v if isinstance(v, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------- InfluxDB
+def _q(ident: str) -> str:
+    return '"' + ident.replace('"', '\\"') + '"'
+
+
+def _s(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    tags: dict[str, str]
+    columns: list[str]
+    values: list[list[Any]]
+
+
+class InfluxStore:
+    """InfluxDB over InfluxQL (/query): 1.x natively, 2.x/3.x through their v1-compatible endpoint.
+
+    Aggregation runs in the database (GROUP BY time(bin), config, firmware); only bins cross the wire.
+    """
+
+    concurrent = True  # one HTTP request per call: safe to query several miners from threads
+
+    def __init__(self, url: str, database: str, *, username: str | None = None,
+                 password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
+                 event_measurement: str = "bitaxe_event", timeout: float = 300.0) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        self.name = f"influxdb:{self.url}/{database}"
+        self.auth = (username, password)
+        self.token = token
+        self.measurement = measurement
+        self.event_measurement = event_measurement
+        self.timeout = timeout
+        self._check()
+
+    def _check(self) -> None:
+        res = self.query("SHOW MEASUREMENTS LIMIT 1")
+        del res
+
+    def _request(self, q: str, epoch: str) -> Iterator[dict[str, Any]]:
+        params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000"}
+        if self.auth[0]:
+            params["u"], params["p"] = self.auth[0], self.auth[1] or ""
+        req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode(),
+                                     method="POST")
+        if self.token:
+            req.add_header("Authorization", f"Token {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                for line in resp:
+                    if line.strip():
+                        yield json.loads(line)
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")[:300]
+            hint = "check username/password or token" if exc.code in (401, 403) else "check the URL"
+            raise StoreError(f"InfluxDB {self.url}: HTTP {exc.code} for /query ({body.strip()}); "
+                             f"{hint}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise StoreError(f"InfluxDB {self.url} is unreachable ({reason}); check the URL and that the "
+                             f"server runs") from None
+
+    def query(self, q: str, epoch: str = "ms") -> list[Series]:
+        merged: dict[tuple[object, ...], Series] = {}
+        for doc in self._request(q, epoch):
+            if "error" in doc:
+                raise StoreError(f"InfluxDB {self.url}: {doc['error']}")
+            for result in doc.get("results", []):
+                if "error" in result:
+                    err = result["error"]
+                    hint = f'; is database "{self.database}" right?' if "database not found" in err else ""
+                    raise StoreError(f"InfluxDB {self.url}: {err}{hint}")
+                for s in result.get("series", []):
+                    tags = s.get("tags") or {}
+                    key = (result.get("statement_id", 0), s.get("name", ""), *sorted(tags.items()))
+                    if key in merged:
+                        merged[key].values.extend(s.get("values", []))
+                    else:
+                        merged[key] = Series(dict(tags), list(s["columns"]), list(s.get("values", [])))
+        return list(merged.values())
+
+    def miners(self) -> list[str]:
+        out: set[str] = set()
+        for s in self.query(f"SHOW TAG VALUES FROM {_q(self.measurement)} WITH KEY = \"miner\""):
+            i = s.columns.index("value")
+            out.update(str(v[i]) for v in s.values)
+        return sorted(out)
+
+    def _range(self, miner: str, since: float | None, until: float | None) -> tuple[float, float] | None:
+        """Explicit bounds: GROUP BY time() without a lower bound would start at the epoch."""
+        if since is None or until is None:
+            m = f"FROM {_q(self.measurement)} WHERE miner = {_s(miner)}"
+            found = self.query(f"SELECT FIRST(hashrate) {m}; SELECT LAST(hashrate) {m}")
+            if not found:
+                return None
+            times = [float(s.values[0][0]) / 1000.0 for s in found if s.values]
+            since = min(times) if since is None else since
+            until = max(times) + 1.0 if until is None else until
+        return since, until
+
+    def _where(self, miner: str, since: float, until: float) -> str:
+        return (f"miner = {_s(miner)} AND time >= {math.floor(since * 1000)}ms AND time < "
+                f"{math.ceil(until * 1000)}ms AND {_q(IMPLAUSIBLE)} = 0")
+
+    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+        rng = self._range(miner, since, until)
+        if rng is None:
+            return empty_bins(miner, width)
+        aggs = ["COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
+                f"MIN({_q(UPTIME)})", f"MAX({_q(UPTIME)})", f"MAX({_q(OVERHEAT)})"]
+        for c in COUNTERS:
+            aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"]
+        w = round(width * 1000)
+        q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {self._where(miner, *rng)} "
+             f"GROUP BY time({w}ms), config, firmware fill(none)")
+        rows: list[tuple[Any, ...]] = []
+        for s in self.query(q):
+            cfg, fw = s.tags.get("config", ""), s.tags.get("firmware", "")
+            for v in s.values:
+                rows.append((v[0] / 1000.0, cfg, fw, *v[1:]))
+        return _bins_from_columns(miner, width, rows)
+
+    def samples(self, miner: str, since: float | None, until: float | None) -> Samples:
+        rng = self._range(miner, since, until)
+        if rng is None:
+            return samples_from_rows(miner, [])
+        fields = ", ".join(_q(k) for k in RAW_FIELDS)
+        q = f"SELECT config, firmware, {fields} FROM {_q(self.measurement)} WHERE {self._where(miner, *rng)}"
+        rows: list[tuple[Any, ...]] = []
+        for s in self.query(q):
+            idx = [s.columns.index(c) if c in s.columns else None for c in ("time", "config", "firmware",
+                                                                              *RAW_FIELDS)]
+            for v in s.values:
+                row = tuple(None if i is None else v[i] for i in idx)
+                rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
+        return samples_from_rows(miner, rows)
+
+    def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
+        clauses = ["time >= 0"]
+        if miner is not None:
+            clauses.append(f"miner = {_s(miner)}")
+        if since is not None:
+            clauses.append(f"time >= {math.floor(since * 1000)}ms")
+        if until is not None:
+            clauses.append(f"time < {math.ceil(until * 1000)}ms")
+        q = (f"SELECT miner, kind, message, data FROM {_q(self.event_measurement)} "
+             f"WHERE {' AND '.join(clauses)}")
+        out: list[EventRow] = []
+        for s in self.query(q):
+            c = {name: i for i, name in enumerate(s.columns)}
+            for v in s.values:
+                out.append(EventRow(str(v[c["miner"]]), v[c["time"]] / 1000.0, str(v[c["kind"]]),
+                                    str(v[c["message"]] or ""), _json_obj(v[c["data"]])))
+        out.sort(key=lambda e: e.time)
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- opening
+def open_source(source: str | None, config_path: str | None) -> Store:
+    """`--source sqlite:PATH | influxdb:URL/DB`, else the bridge config's influxdb (preferred) or sqlite."""
+    if source:
+        kind, sep, rest = source.partition(":")
+        if not sep or not rest:
+            raise StoreError(f'--source "{source}" is not "sqlite:PATH" or "influxdb:URL/DATABASE"')
+        if kind == "sqlite":
+            return SqliteStore(rest)
+        if kind in ("influxdb", "influx"):
+            parsed = urllib.parse.urlsplit(rest)
+            db = parsed.path.strip("/")
+            if parsed.scheme not in ("http", "https") or not db or "/" in db:
+                raise StoreError(f'--source "{source}": write influxdb:http://HOST:PORT/DATABASE, '
+                                 f"e.g. influxdb:http://127.0.0.1:8086/bitaxe")
+            return InfluxStore(f"{parsed.scheme}://{parsed.netloc}", db)
+        raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or '
+                         f"influxdb:URL/DATABASE")
+    if config_path:
+        from bridge.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(config_path)
+        except ConfigError as exc:
+            raise StoreError(str(exc)) from None
+        if cfg.influxdb is not None:
+            ic = cfg.influxdb
+            db = ic.database or ic.bucket or ""
+            return InfluxStore(ic.url, db, username=ic.username, password=ic.password, token=ic.token,
+                               measurement=ic.measurement, event_measurement=ic.event_measurement,
+                               timeout=max(ic.timeout, 300.0))
+        if cfg.sqlite is not None:
+            path = cfg.sqlite.path
+            if not path.is_absolute():
+                path = Path(config_path).parent / path
+                if not path.exists() and cfg.sqlite.path.exists():
+                    path = cfg.sqlite.path
+            return SqliteStore(path)
+        raise StoreError(f"{config_path}: has neither an influxdb nor a sqlite section; add one or pass "
+                         f"--source")
+    default = Path("data/bitaxe.db")
+    if default.exists():
+        return SqliteStore(default)
+    raise StoreError("no store given: pass --source sqlite:PATH or influxdb:URL/DATABASE, or --config "
+                     "config.yaml (the bridge's)")
+
