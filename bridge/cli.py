@@ -62,10 +62,11 @@ def run(config_path: str, log_level: str | None, log_readings: bool) -> None:
     asyncio.run(_run(cfg, log_readings))
 
 
-async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = None) -> None:
+async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = None,
+               tour_every: float | None = None) -> None:
     from bridge.daemon import run_until_stopped
 
-    await run_until_stopped(cfg, log_readings=log_readings, duration=duration)
+    await run_until_stopped(cfg, log_readings=log_readings, duration=duration, tour_every=tour_every)
 
 
 @main.command("check-config")
@@ -177,19 +178,23 @@ def health(config_path: str, max_age: float | None) -> None:
               help="Also publish to this MQTT broker (with Home Assistant discovery).")
 @click.option("--time-scale", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Simulated seconds per real second (thermal lag plays out faster).")
+@click.option("--tour", "tour_every", default=120.0, show_default=True, type=click.FloatRange(min=0),
+              help="Every this many seconds, step each miner to another of its allowed clock configs "
+                   "through the command guard, so the analyzer has configs to compare (0: off).")
 def demo(miners: int, duration: float | None, interval: float, data_dir: str, mqtt_addr: str | None,
-         time_scale: float) -> None:
+         time_scale: float, tour_every: float) -> None:
     """Start a simulated fleet and run the bridge against it: nothing else needed.
 
-    Readings are logged as they arrive and stored in DATA_DIR/demo.db, which
-    `bitaxe-analyze --source sqlite:DATA_DIR/demo.db report` can read afterwards.
+    Readings are logged as they arrive and stored in DATA_DIR/demo.db. Afterwards:
+    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --min-warmup 20s --out report/`
+    (the simulated clock runs TIME_SCALE times faster, so warm-ups are that much shorter).
     """
     _setup_logging("INFO")
-    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt_addr, time_scale))
+    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt_addr, time_scale, tour_every))
 
 
 async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt_addr: str | None,
-                time_scale: float) -> None:
+                time_scale: float, tour_every: float) -> None:
     from simulator.server import Fleet, SimMinerSpec
 
     specs = [SimMinerSpec(board=DEMO_FLEET[i % len(DEMO_FLEET)][0], firmware=DEMO_FLEET[i % len(DEMO_FLEET)][1],
@@ -206,7 +211,7 @@ async def _demo(n: int, duration: float | None, interval: float, data_dir: Path,
             host, _, port = mqtt_addr.rpartition(":")
             raw["mqtt"] = {"host": host or "localhost", "port": int(port or 1883)}
         cfg = parse_config(raw, "demo")
-        await _run(cfg, log_readings=True, duration=duration)
+        await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
 
 
 if __name__ == "__main__":

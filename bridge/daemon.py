@@ -88,7 +88,8 @@ def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
 
 
 async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (), log_readings: bool = False,
-                            stop: asyncio.Event | None = None, duration: float | None = None) -> None:
+                            stop: asyncio.Event | None = None, duration: float | None = None,
+                            tour_every: float | None = None) -> None:
     """Run the bridge until SIGINT/SIGTERM, `stop` is set, or `duration` seconds pass; then shut down cleanly."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -101,11 +102,18 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
             for sink in extra_sinks:
                 bridge.add_sink(sink)
             task = asyncio.create_task(bridge.run(), name="bridge")
+            tour = None
+            if tour_every:
+                from bridge.tour import run_tour
+
+                tour = asyncio.create_task(run_tour(bridge.poller, bridge.guard, tour_every), name="tour")
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 task.result()  # a crash in the bridge itself: surface it
             log.info("stopping: flushing sinks")
+            if tour is not None:
+                tour.cancel()
             task.cancel()
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
