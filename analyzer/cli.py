@@ -270,7 +270,11 @@ def rank_cmd(miner: str | None, by: str, include_all: bool, **kw: Any) -> None:
         hidden = len([s for s in m.stats if not s.stable]) if not include_all else 0
         click.echo(f"\nminer {name}: {len(m.segments)} segments, ranked by {by}")
         if not ranked:
-            click.echo("  no stable config with data" + (" (try --all)" if hidden else ""))
+            if m.segments and all(seg.steady >= seg.hi for seg in m.segments):
+                click.echo(f"  every segment is still in its warm-up ({len(m.segments)} segments); collect "
+                           "more data, or shorten it with --warmup 60s / --min-warmup")
+            else:
+                click.echo("  no stable config with data" + (" (try --all)" if hidden else ""))
             continue
         click.echo(table(*stats_rows(ranked)))
         if hidden:

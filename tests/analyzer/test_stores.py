@@ -236,3 +236,10 @@ def test_too_little_data_is_said_in_the_table(sqlite_db):
     code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--since", "2025-06-16T02:46:40Z", "--all")
     assert code == 0, out
     assert "(no CI)" in out and "too little data for an interval" in out
+
+
+def test_all_warmup_is_said_not_hidden(sqlite_db):
+    # A warm-up longer than every visit leaves no steady data: say so, and how to change it.
+    code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--warmup", "3h", "--all")
+    assert code == 0, out
+    assert "every segment is still in its warm-up" in out and "--warmup" in out
