@@ -10,8 +10,6 @@ GROUP BY time(30s), config / SQLite GROUP BY) and fetch="raw" (every reading int
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 import uuid
@@ -23,22 +21,12 @@ from analyzer.segments import WarmupPolicy
 from analyzer.sources import InfluxStore, SqliteStore, Store
 from analyzer.stats import Gates
 from analyzer.synthetic import TrueConfig, ar1_histories, write_influx, write_sqlite
+from bench.results import machine, write_section
 
 CONFIGS = [TrueConfig("525@1150", 1060.0, 16.5, 58.0, expected_hashrate=1071.0),
            TrueConfig("600@1200", 1200.0, 21.0, 66.0, expected_hashrate=1224.0),
            TrueConfig("490@1100", 990.0, 14.0, 53.0, expected_hashrate=1000.0),
            TrueConfig("550@1150", 1110.0, 17.3, 60.0, expected_hashrate=1122.0)]
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def timed(store: Store, miners: list[str], fetch: str) -> tuple[float, int]:
@@ -104,16 +92,14 @@ def main() -> None:
     table = render(rows, args.miners)
     print(table)
     if args.write_docs:
-        write_docs(table)
+        write_section("Analyzer", table)
 
 
 def render(rows: list[tuple[str, int, str, str, float, int]], miners: int) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     head = [
-        "## Analyzer", "",
         f"`python3 -m bench.analyze --periods {','.join(dict.fromkeys(r[0] for r in rows))} --write-docs` "
-        f"on {now}; {platform.machine()}, {cpu_model()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}.",
+        f"on {now}; {machine()}.",
         f"Time for `analyze()` (what `bitaxe-analyze rank` runs) over {miners} miners at a 5-s poll "
         f"interval: read, 30-s bins, segments, warm-up, batch-means statistics. *db* = the database "
         f"aggregates "
@@ -132,18 +118,6 @@ def render(rows: list[tuple[str, int, str, str, float, int]], miners: int) -> st
     body += [f"| 1 year (extrapolated) | {year:,} | {s} | {f} | ~{dt / n * year:.0f} | {dt / n * 1e6:.2f} | "
              f"~{round(b / n * year):,} |" for (s, f), (n, dt, b) in last.items()]
     return "\n".join(head + body) + "\n"
-
-
-def write_docs(table: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
-    start = text.find("## Analyzer")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + table + ("" if end < 0 else text[end:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + table
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import machine, write_section  # noqa: E402
 from bridge.config import parse_config  # noqa: E402
 from bridge.discovery import state_document  # noqa: E402
 from bridge.firmware import parse_asic, parse_info, to_reading  # noqa: E402
@@ -33,18 +32,6 @@ from simulator.server import Fleet, SimMinerSpec  # noqa: E402
 from tests.support.servers import Mosquitto  # noqa: E402
 
 BOARDS = ("Gamma", "Supra", "Ultra", "GammaTurbo", "Hex", "Max")
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def simulated_readings(n: int) -> list[Reading]:
@@ -131,22 +118,8 @@ def main() -> None:
     ])
     print(text)
     if args.write:
-        write_section(text)
+        write_section("MQTT", text)
         print("\nwrote docs/performance.md", file=sys.stderr)
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "performance.md"
-    heading = "## MQTT"
-    body = path.read_text() if path.exists() else "# Performance\n\nNumbers from the scripts in `bench/`.\n"
-    section = f"{heading}\n\n{text}\n"
-    if heading + "\n" in body:
-        start = body.index(heading + "\n")
-        nxt = body.find("\n## ", start + len(heading))
-        body = body[:start] + section + (body[nxt + 1:] if nxt != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + section
-    path.write_text(body)
 
 
 if __name__ == "__main__":

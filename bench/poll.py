@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -24,17 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+from bench.results import machine, write_section  # noqa: E402
 
 
 async def worker_bare(hosts: list[str], rounds: int) -> tuple[int, float, float]:
@@ -162,20 +150,6 @@ def table(results: list[dict[str, object]], parse_us: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "performance.md"
-    heading = "## Polling"
-    body = path.read_text() if path.exists() else "# Performance\n\nNumbers from the scripts in `bench/`.\n"
-    section = f"{heading}\n\n{text}\n"
-    if heading in body:
-        start = body.index(heading)
-        nxt = body.find("\n## ", start + len(heading))
-        body = body[:start] + section + (body[nxt + 1:] if nxt != -1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + section
-    path.write_text(body)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--miners", default="10,100,1000", help="comma-separated fleet sizes")
@@ -200,7 +174,7 @@ def main() -> None:
             "normalised Reading + events + fan-out publish.\n\n" + table(results, parse_us))
     print(text)
     if args.write:
-        write_section(text)
+        write_section("Polling", text)
         print("\nwrote docs/performance.md", file=sys.stderr)
 
 

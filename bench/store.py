@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import re
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.results import machine, write_section
 from bridge.config import InfluxConfig, SqliteConfig
 from bridge.reading import Reading
 from bridge.store.influx import InfluxSink
@@ -125,35 +123,11 @@ def _with_server(make: Callable[[], InfluxDB1 | VictoriaMetrics],
         server.stop()
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def table(rows: list[Row]) -> str:
     out = ["| what | points | seconds | points/s | notes |", "|---|---:|---:|---:|---|"]
     for name, n, dt, note in rows:
         out.append(f"| {name} | {n:,} | {dt:.3f} | {n / dt:,.0f} | {note} |")
     return "\n".join(out)
-
-
-def write_section(text: str, path: Path = ROOT / "docs" / "performance.md") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = path.read_text() if path.exists() else "# Performance\n"
-    section = f"## Storage\n\n{text}\n"
-    pattern = re.compile(r"^## Storage\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _: section + "\n", doc, count=1).rstrip() + "\n"
-    else:
-        doc = doc.rstrip() + "\n\n" + section
-    path.write_text(doc)
 
 
 def main() -> None:
@@ -190,7 +164,7 @@ def main() -> None:
             "interval (5 s default), so these rates are far above what it needs.\n\n" + table(rows))
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("Storage", text)
         print(f"\nwrote {ROOT / 'docs' / 'performance.md'} (## Storage)")
 
 
