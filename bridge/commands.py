@@ -290,30 +290,24 @@ class Guard:
         board = last.board
         safety = self.cfg.safety
         custom = self._allow_custom(miner)
-        if cmd.frequency is not None and not _in(cmd.frequency, board.frequency_options):
+        for label, unit, value, options, maximum, key in (
+            ("frequency", "MHz", cmd.frequency, board.frequency_options, safety.max_frequency, "max_frequency"),
+            ("core voltage", "mV", cmd.core_voltage, board.voltage_options, safety.max_core_voltage,
+             "max_core_voltage"),
+        ):
+            if value is None or _in(value, options):
+                continue
             if not custom:
                 raise CommandRejected(
                     "not_in_options",
-                    f'miner "{miner}": frequency {_num(cmd.frequency)} MHz is not one of the '
-                    f"{board.device_model}'s options ({_opts(board.frequency_options)}); custom clocks need "
+                    f'miner "{miner}": {label} {_num(value)} {unit} is not one of the '
+                    f"{board.device_model}'s options ({_opts(options)}); custom clocks need "
                     "safety.allow_custom_clocks")
-            if safety.max_frequency is None or cmd.frequency > safety.max_frequency:
+            if maximum is None or value > maximum:
                 raise CommandRejected(
                     "above_max",
-                    f'miner "{miner}": frequency {_num(cmd.frequency)} MHz is above '
-                    f"safety.max_frequency ({_num(safety.max_frequency) if safety.max_frequency else 'unset'} MHz)")
-        if cmd.core_voltage is not None and not _in(cmd.core_voltage, board.voltage_options):
-            if not custom:
-                raise CommandRejected(
-                    "not_in_options",
-                    f'miner "{miner}": core voltage {_num(cmd.core_voltage)} mV is not one of the '
-                    f"{board.device_model}'s options ({_opts(board.voltage_options)}); custom clocks need "
-                    "safety.allow_custom_clocks")
-            if safety.max_core_voltage is None or cmd.core_voltage > safety.max_core_voltage:
-                raise CommandRejected(
-                    "above_max",
-                    f'miner "{miner}": core voltage {_num(cmd.core_voltage)} mV is above '
-                    f"safety.max_core_voltage ({safety.max_core_voltage or 'unset'} mV)")
+                    f'miner "{miner}": {label} {_num(value)} {unit} is above '
+                    f"safety.{key} ({_num(maximum) if maximum else 'unset'} {unit})")
         if (cmd.frequency is not None or cmd.core_voltage is not None) and board.max_power:
             freq = cmd.frequency if cmd.frequency is not None else last.frequency
             volt = cmd.core_voltage if cmd.core_voltage is not None else last.core_voltage
