@@ -204,6 +204,12 @@ def _input_amps(ma: float | None) -> float | None:
     return None if ma is None else ma / 1000.0
 
 
+def _temperature(value: float | None) -> float | None:
+    # The firmware sends -1 for a sensor it does not have or cannot read (temp2 on one-sensor boards,
+    # the chip's own sensor while the ASIC is powered down): that is "no reading", not -1 °C.
+    return None if value is None or value == -1 else value
+
+
 def _plausibility(info: SystemInfo, board: BoardInfo, expected: float) -> tuple[str, ...]:
     warnings: list[str] = []
     if expected > 0 and info.hashrate > 3 * expected:
@@ -246,9 +252,9 @@ def to_reading(info: SystemInfo, board: BoardInfo, miner: str, host: str, now: f
         power=info.power,
         input_voltage=_input_volts(info.voltage),
         input_current=_input_amps(info.current),
-        asic_temp=info.temp,
-        asic_temp2=info.temp2,
-        vr_temp=info.vr_temp,
+        asic_temp=_temperature(info.temp),
+        asic_temp2=_temperature(info.temp2),
+        vr_temp=_temperature(info.vr_temp),
         fan_pct=info.fanspeed,
         fan_rpm=fan_rpm,
         fan2_rpm=info.fan2rpm,

@@ -185,3 +185,10 @@ def test_unknown_asic_without_asic_endpoint_is_a_clear_error() -> None:
 def test_board_info_expected_hashrate() -> None:
     b = BoardInfo("BM1370", "GammaTurbo", 2, 2040, 525, 1150, (525.0,), (1150,))
     assert b.expected_hashrate(525) == pytest.approx(2142.0)
+
+
+def test_minus_one_temperature_is_a_missing_sensor_not_minus_one_degree() -> None:
+    info = load("info-v2.12.0.json") | {"temp2": -1, "vrTemp": -1}
+    r = reading_from(info, load("asic-v2.12.0.json"))
+    assert r.asic_temp2 is None and r.vr_temp is None and r.asic_temp == 61.9
+    assert "asic_temp2" not in store_fields(r)
