@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -25,6 +25,14 @@ def backoff_delay(failures: int, cap: float, base: float = 1.0) -> float:
     return float(min(cap, base * 2.0 ** max(0, failures - 1)))
 
 
+FLATLINE_AFTER = 60.0  # s of identical readings before they are flagged (the firmware's frozen-task state)
+
+
+def fingerprint(r: Reading) -> tuple[float | None, ...]:
+    # Noisy values that move on every reading of a live miner; all equal for a minute means frozen.
+    return (r.hashrate, r.power, r.asic_temp, r.vr_temp, r.uptime, r.shares_accepted)
+
+
 @dataclass
 class MinerState:
     client: MinerClient
@@ -35,6 +43,7 @@ class MinerState:
     polls: int = 0
     errors: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    unchanged_since: float | None = None  # time of the first of a run of identical readings
 
 
 class Poller:
@@ -47,6 +56,7 @@ class Poller:
         self.offline_after = cfg.http.offline_after
         self.max_backoff = cfg.http.max_backoff
         self.backoff_base = cfg.http.backoff_base
+        self.flatline_after = FLATLINE_AFTER
         self.miners: dict[str, MinerState] = {
             m.name: MinerState(MinerClient(m, session, cfg.http)) for m in cfg.miners
         }
@@ -130,10 +140,25 @@ class Poller:
         state.failures = 0
         state.last_error = None
         if prev is not None:
+            r = self._flag_flatline(state, prev, r)
             for event in changes(prev, r):
                 self.publish(event)
         state.last = r
         self.publish(r)
+
+    def _flag_flatline(self, state: MinerState, prev: Reading, r: Reading) -> Reading:
+        if fingerprint(r) != fingerprint(prev):
+            state.unchanged_since = None
+            return r
+        if state.unchanged_since is None:
+            state.unchanged_since = prev.time
+        frozen = r.time - state.unchanged_since
+        if frozen < self.flatline_after:
+            return r
+        if frozen - (r.time - prev.time) < self.flatline_after:
+            log.warning("miner %s: identical readings for %.0f s; the firmware's stats task may be frozen "
+                        "(a restart recovers it)", r.miner, frozen)
+        return replace(r, warnings=(*r.warnings, f"identical readings for {frozen:.0f} s (frozen firmware?)"))
 
 
 def changes(prev: Reading, r: Reading) -> list[Event]:

@@ -189,3 +189,38 @@ async def test_poll_now_and_writes(gamma: FixtureMiner) -> None:
         await client.restart()
     assert ("PATCH", "/api/system", {"frequency": 490, "coreVoltage": 1100}) in gamma.requests
     assert ("POST", "/api/system/identify", None) in gamma.requests
+
+
+async def test_identical_readings_for_a_while_are_flagged_as_frozen(gamma: FixtureMiner) -> None:
+    cfg = config(gamma.host, poll_interval=0.2)
+    sink = Collector()
+    async with make_session(cfg) as s:
+        poller = Poller(cfg, s, sink)
+        poller.flatline_after = 0.5  # 60 s in production
+        task = asyncio.create_task(poller.run())
+        await wait_until(lambda: any(r.implausible for r in sink.readings()))
+        flagged = next(r for r in sink.readings() if r.implausible)
+        assert "identical readings" in flagged.warnings[-1]
+        assert not sink.readings()[0].implausible  # the first readings are not suspicious yet
+        gamma.info["hashRate"] = 1111.1  # the miner moves again: the flag goes away
+        await wait_until(lambda: sink.readings()[-1].hashrate == 1111.1)
+        assert not sink.readings()[-1].implausible
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_unauthorized_and_basic_auth() -> None:
+    m = await FixtureMiner(doc("info-v2.15.0.json"), doc("asic-v2.15.0.json"), mode="unauthorized").start()
+    try:
+        cfg = config(m.host)
+        async with make_session(cfg) as s:
+            with pytest.raises(MinerHTTPError, match="HTTP 401: the miner refuses this client"):
+                await MinerClient(cfg.miners[0], s, cfg.http).read()
+        m.mode, m.credentials = "ok", ("admin", "s3cret")
+        cfg = parse_config({"miners": [{"name": "m0", "host": m.host, "username": "admin", "password": "s3cret"}]})
+        async with make_session(cfg) as s:
+            r = await MinerClient(cfg.miners[0], s, cfg.http).read()
+        assert r.board.device_model == "GammaTurbo"
+    finally:
+        await m.stop()

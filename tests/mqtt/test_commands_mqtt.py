@@ -137,6 +137,11 @@ BAD_OVER_MQTT: list[tuple[str, str, str | bytes, str]] = [
     ("garage-1", "set", '{"frequency": 625, "core_voltage": 1250}', "power_envelope"),
     ("attic-9", "set/frequency", "525", "unknown_miner"),
     ("dead-1", "set/frequency", "525", "offline"),
+    ("garage-1", "set/frequency", "inf", "bad_value"),
+    ("garage-1", "set/core_voltage", "1150.5", "bad_value"),
+    ("garage-1", "set", '{"frequency": [550]}', "bad_value"),
+    ("garage-1", "set", "frequency=550", "bad_payload"),
+    ("garage-1", "set", '{"restart": true, "frequency": 550}', "bad_payload"),
 ]
 
 

@@ -7,14 +7,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BasicAuth, web
 
 
 @dataclass
 class FixtureMiner:
     info: dict[str, Any]
     asic: dict[str, Any] | None = None  # None: 404 like firmware < 2.9
-    mode: str = "ok"  # ok | timeout | http500 | truncated | garbage | huge | refused
+    mode: str = "ok"  # ok | timeout | http500 | truncated | garbage | huge | unauthorized
+    credentials: tuple[str, str] | None = None  # require HTTP basic auth
     delay: float = 0.0
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     port: int = 0
@@ -26,6 +27,12 @@ class FixtureMiner:
 
     async def _info(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(("GET", request.path, None))
+        if self.mode == "unauthorized":  # what the firmware answers a non-private source address
+            return web.Response(status=401, text="Unauthorized")
+        if self.credentials is not None:
+            expected = BasicAuth(*self.credentials).encode()
+            if request.headers.get("Authorization") != expected:
+                return web.Response(status=401, text="Unauthorized")
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.mode == "timeout":
