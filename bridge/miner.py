@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -27,7 +28,11 @@ class MinerClient:
         self.base = cfg.base_url
         self.timeout = aiohttp.ClientTimeout(total=http.timeout)
         self.max_body = http.max_body_kb * 1024
-        self.auth = aiohttp.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
+        # Basic auth is being added to the firmware (open PRs): send it when configured.
+        self.headers: dict[str, str] = {}
+        if cfg.username:
+            token = base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode("ascii")
+            self.headers["Authorization"] = f"Basic {token}"
         self.board: BoardInfo | None = None
         self.info: SystemInfo | None = None  # last good /api/system/info, for firmware quirks on writes
         self._board_key: tuple[str, str] | None = None  # (firmware, ASIC) the cached board belongs to
@@ -39,7 +44,7 @@ class MinerClient:
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
         url = self.base + path
         try:
-            async with self.session.request(method, url, json=body, timeout=self.timeout, auth=self.auth,
+            async with self.session.request(method, url, json=body, timeout=self.timeout, headers=self.headers,
                                             allow_redirects=False) as resp:
                 length = resp.content_length
                 if length is not None and length > self.max_body:

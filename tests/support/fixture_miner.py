@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import BasicAuth, web
+from aiohttp import web
 
 
 @dataclass
@@ -30,7 +31,8 @@ class FixtureMiner:
         if self.mode == "unauthorized":  # what the firmware answers a non-private source address
             return web.Response(status=401, text="Unauthorized")
         if self.credentials is not None:
-            expected = BasicAuth(*self.credentials).encode()
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
+            expected = f"Basic {token}"
             if request.headers.get("Authorization") != expected:
                 return web.Response(status=401, text="Unauthorized")
         if self.delay:
