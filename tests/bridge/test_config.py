@@ -97,3 +97,15 @@ def test_check_config_reports_unreachable_miner(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["check-config", str(p)])
     assert res.exit_code != 0
     assert 'FAIL miner "dead"' in res.output and "cannot connect" in res.output
+
+
+def test_check_config_tests_broker_and_database(tmp_path: Path) -> None:
+    from tests.support.servers import free_port
+
+    p = write(tmp_path, "miners:\n  - {name: a, host: '127.0.0.1:1'}\nhttp: {timeout: 1}\n"
+                        f"mqtt: {{host: 127.0.0.1, port: {free_port()}}}\n"
+                        f"influxdb: {{url: 'http://127.0.0.1:{free_port()}', database: bitaxe, api: v1}}\n")
+    res = CliRunner().invoke(main, ["check-config", str(p)])
+    assert res.exit_code != 0
+    assert "FAIL mqtt" in res.output and "FAIL influxdb" in res.output
+    assert "3 connection check(s) failed" in res.output
