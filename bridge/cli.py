@@ -75,7 +75,7 @@ async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = N
 def check_config(config_path: str, offline: bool) -> None:
     """Validate CONFIG_PATH (default ./config.yaml) and test the connections it names."""
     cfg = _load(config_path)
-    click.echo(f"{config_path}: OK — {len(cfg.miners)} miner(s), poll every {cfg.poll_interval:g} s")
+    click.echo(f"{config_path}: valid — {len(cfg.miners)} miner(s), poll every {cfg.poll_interval:g} s")
     click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")
     click.echo(f"  sqlite:   {cfg.sqlite.path if cfg.sqlite else 'off'}")
     click.echo(f"  influxdb: {cfg.influxdb.url if cfg.influxdb else 'off'}")
