@@ -185,8 +185,8 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
          time_scale: float, tour_every: float) -> None:
     """Start a simulated fleet and run the bridge against it: nothing else needed.
 
-    Readings are logged as they arrive and stored in DATA_DIR/demo.db. Afterwards:
-    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --min-warmup 20s --out report/`
+    Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
+    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 5s --min-warmup 20s --out report/`
     (the simulated clock runs TIME_SCALE times faster, so warm-ups are that much shorter).
     """
     _setup_logging("INFO")
