@@ -85,6 +85,7 @@ class SinkQueue:
         self.queue.put_nowait(item)
 
     async def drain(self) -> None:
+        task = asyncio.current_task()
         while True:
             item = await self.queue.get()
             try:
@@ -97,6 +98,11 @@ class SinkQueue:
                               type(item).__name__, getattr(item, "miner", "?"))
             finally:
                 self.queue.task_done()
+            # A sink may swallow our cancellation: on Python 3.11 asyncio.wait_for (inside aiomqtt's
+            # publish) can turn it into the client's "disconnected" error, which the sink then handles.
+            # Without this check the drain would wait on an empty queue forever and block shutdown.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
 
 class Fanout:

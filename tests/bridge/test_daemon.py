@@ -67,3 +67,37 @@ async def test_run_exits_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) 
     finally:
         await miner.stop()
 
+
+
+async def test_a_sink_that_swallows_cancellation_cannot_block_shutdown() -> None:
+    from bridge.reading import Event
+    from bridge.sinks import Fanout
+
+    class Swallower:
+        name = "swallower"
+
+        def __init__(self) -> None:
+            self.started = asyncio.Event()
+
+        async def start(self) -> None:
+            return None
+
+        async def handle(self, item: object) -> None:
+            self.started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise RuntimeError("client disconnected") from None  # what a broker client may do
+
+        async def aclose(self) -> None:
+            return None
+
+    sink = Swallower()
+    fanout = Fanout()
+    fanout.add(sink)  # type: ignore[arg-type]
+    task = asyncio.create_task(fanout.run())
+    fanout.publish(Event("m", 0.0, "online", "x"))
+    await asyncio.wait_for(sink.started.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)
+    assert done, "the fan-out did not stop"

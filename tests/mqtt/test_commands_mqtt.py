@@ -163,11 +163,20 @@ async def test_too_fast_and_retained_commands(mosquitto: Mosquitto, turbo: Fixtu
         assert first["accepted"] is True
         second = await send(w, "bitaxe/garage-1/set/frequency", "525", "bitaxe/garage-1/result")
         assert (second["accepted"], second["code"]) == (False, "rate_limited")
-        # A retained command would replay on every reconnect: ignored.
-        await w.publish("bitaxe/garage-1/set/core_voltage", "1100", retain=True)
-        await asyncio.sleep(0.5)
         assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550})]
-        await w.publish("bitaxe/garage-1/set/core_voltage", "", retain=True)
+
+
+async def test_retained_commands_are_not_replayed_on_subscribe(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:
+    # A command someone published with retain=True would be replayed at every (re)subscribe: the bridge
+    # must ignore what the broker delivers as retained.
+    async with Watcher(mosquitto.port, "bitaxe/+/result") as w:
+        await w.publish("bitaxe/garage-1/set/frequency", "550", retain=True)
+        cfg = config(mosquitto.port, turbo.host)
+        async with bridge_running(cfg) as bridge:
+            assert bridge.mqtt is not None
+            await asyncio.sleep(1.0)  # subscribed, retained message delivered, polls going on
+            assert patches(turbo) == [] and w.on("bitaxe/garage-1/result") == []
+            await w.publish("bitaxe/garage-1/set/frequency", "", retain=True)  # clear it
 
 
 async def test_watchdog_steps_down_through_the_guard_and_locks_out(mosquitto: Mosquitto,
