@@ -21,6 +21,7 @@ from typing import Any
 
 import aiomqtt
 
+from bridge.cancel import raise_if_cancelling
 from bridge.commands import Guard
 from bridge.config import BridgeConfig, MqttConfig
 from bridge.discovery import (
@@ -46,28 +47,63 @@ def topics_for(cfg: MqttConfig) -> Topics:
     return Topics(cfg.prefix, cfg.discovery_prefix)
 
 
+class MqttSetupError(ValueError):
+    """The MQTT section cannot be used as written (e.g. an unreadable mqtt.ca_file); names the fix."""
+
+
+def tls_context(m: MqttConfig) -> ssl.SSLContext | None:
+    if not m.tls:
+        return None
+    try:
+        return ssl.create_default_context(cafile=m.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MqttSetupError(f'mqtt.ca_file "{m.ca_file}" cannot be used: {reason}; point it at the PEM file '
+                             "of the CA that signed the broker's certificate") from None
+
+
 def client_for(m: MqttConfig, will: aiomqtt.Will | None = None, identifier: str | None = None) -> aiomqtt.Client:
-    tls = ssl.create_default_context(cafile=m.ca_file) if m.tls else None
     return aiomqtt.Client(
         m.host, m.port, username=m.username, password=m.password, identifier=identifier or m.client_id,
-        keepalive=m.keepalive, tls_context=tls, timeout=PUBLISH_TIMEOUT, will=will,
+        keepalive=m.keepalive, tls_context=tls_context(m), timeout=PUBLISH_TIMEOUT, will=will,
         # Without TCP_NODELAY a QoS 1 publish after a small QoS 0 one waits ~40 ms (Nagle + delayed ACK).
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+
+
+def explain(exc: BaseException, m: MqttConfig) -> str:
+    """Why a connect failed, and which config key fixes it."""
+    text = str(exc)
+    rc = getattr(exc, "rc", None)
+    code = getattr(rc, "value", rc)
+    if isinstance(exc, MqttSetupError):
+        return text
+    if code in (4, 5, 134, 135):  # MQTT 3.1.1 CONNACK 4/5 and MQTT 5 134/135: login refused
+        who = f'user "{m.username}"' if m.username else "anonymous login (no mqtt.username)"
+        return f"the broker refused {who} ({text}); check mqtt.username and mqtt.password"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        which = f'the CA in mqtt.ca_file "{m.ca_file}"' if m.ca_file else "the system CAs (no mqtt.ca_file)"
+        return (f"the broker's TLS certificate is not trusted by {which} ({text}); set mqtt.ca_file to the "
+                "PEM of the CA that signed it, and use the host name the certificate was issued for")
+    if "SSL" in text or "TLS" in text or (m.tls and "reset by peer" in text):
+        return f"TLS handshake failed ({text}); is mqtt.port a TLS listener? (mqtt.tls: true needs one)"
+    if not text or text == "Operation timed out":
+        hint = " (a TLS listener? then set mqtt.tls: true)" if not m.tls else ""
+        return f"no answer to CONNECT within {PUBLISH_TIMEOUT:g} s{hint}; check mqtt.host and mqtt.port"
+    return f"{text}; check mqtt.host, mqtt.port and mqtt.tls"
 
 
 async def check_mqtt(m: MqttConfig) -> str:
     """Connect once (check-config); raises an error that names the broker and the fix."""
     where = f"{m.host}:{m.port}"
     try:
-        async with asyncio.timeout(PUBLISH_TIMEOUT):
+        async with asyncio.timeout(PUBLISH_TIMEOUT + 1):
             # Its own client id: reusing the bridge's would kick a running bridge off the broker.
             async with client_for(m, identifier=f"bitaxe-bridge-check-{uuid.uuid4().hex[:8]}"):
                 pass
-    except (aiomqtt.MqttError, TimeoutError) as exc:
-        raise RuntimeError(f"cannot connect to MQTT broker {where}: {exc or 'timed out'}; check mqtt.host, "
-                           "mqtt.port, credentials and tls in the config") from None
-    return f"connected to {where}" + (" (TLS)" if m.tls else "")
+    except (aiomqtt.MqttError, MqttSetupError, TimeoutError) as exc:
+        raise RuntimeError(f"cannot connect to MQTT broker {where}: {explain(exc, m)}") from None
+    return f"connected to {where}" + (" (TLS)" if m.tls else "") + (f" as {m.username}" if m.username else "")
 
 
 def _dumps(doc: Any) -> str:
@@ -103,14 +139,21 @@ class MqttBridge:
         return None
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            # Commands in flight end at their next await; wait for them so none outlives the sink.
+            await asyncio.wait(tasks, timeout=5)
         client = self.client
         if client is not None:
             # A clean disconnect does not fire the last will: say offline ourselves.
-            with contextlib.suppress(aiomqtt.MqttError, asyncio.CancelledError):
+            try:
                 await client.publish(self.topics.bridge_availability, "offline", qos=1, retain=True,
                                      timeout=2)
+            except (aiomqtt.MqttError, asyncio.CancelledError):
+                # aiomqtt may cancel its own pending publish on disconnect; only ours must propagate.
+                raise_if_cancelling()
 
     async def handle(self, item: Reading | Event) -> None:
         if isinstance(item, Reading):
@@ -185,9 +228,12 @@ class MqttBridge:
                     finally:
                         self.client = None
                         self.connected.clear()
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, MqttSetupError) as exc:
+                # On 3.11 aiomqtt's wait_for can turn our cancellation into an MqttError; without this
+                # check the loop would reconnect forever and shutdown would wait for it.
+                raise_if_cancelling()
                 log.warning("mqtt: broker %s: %s; reconnecting in %.0f s (readings for MQTT are dropped "
-                            "meanwhile; polling and storage go on)", where, exc, backoff)
+                            "meanwhile; polling and storage go on)", where, explain(exc, self.mqtt), backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 

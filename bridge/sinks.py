@@ -12,6 +12,7 @@ import contextlib
 import logging
 from typing import Protocol, runtime_checkable
 
+from bridge.cancel import raise_if_cancelling
 from bridge.reading import Event, Reading
 
 log = logging.getLogger("bitaxe.sinks")
@@ -85,7 +86,6 @@ class SinkQueue:
         self.queue.put_nowait(item)
 
     async def drain(self) -> None:
-        task = asyncio.current_task()
         while True:
             item = await self.queue.get()
             try:
@@ -101,8 +101,7 @@ class SinkQueue:
             # A sink may swallow our cancellation: on Python 3.11 asyncio.wait_for (inside aiomqtt's
             # publish) can turn it into the client's "disconnected" error, which the sink then handles.
             # Without this check the drain would wait on an empty queue forever and block shutdown.
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+            raise_if_cancelling()
 
 
 class Fanout:

@@ -7,6 +7,7 @@ started again on the same port and data dir (broker/database outage tests).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -15,7 +16,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.support.certs import ServerCert
 
 
 def free_port() -> int:
@@ -102,7 +108,20 @@ class Server:
 
 
 class Mosquitto(Server):
+    """mosquitto on 127.0.0.1; optionally a TLS listener (`tls`) and password auth (`users`).
+
+    With TLS, `port` is the TLS listener and `plain_port` an extra plain listener for test observers
+    (same broker, same retained topics). Without TLS both are the same port.
+    """
+
     name = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: ServerCert | None = None,
+                 users: Mapping[str, str] | None = None) -> None:
+        super().__init__(workdir, port)
+        self.tls = tls
+        self.users = dict(users or {})
+        self.plain_port = free_port() if tls is not None else self.port
 
     def command(self) -> list[str]:
         binary = find_binary("mosquitto", "/usr/sbin/mosquitto")
@@ -110,14 +129,35 @@ class Mosquitto(Server):
             raise RuntimeError("mosquitto is not installed; run `make test` (it installs it) or "
                                "apt-get install mosquitto")
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "log_dest stdout\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-        )
+        lines = [
+            # Run as ourselves: as root mosquitto would switch to user "mosquitto", which cannot read
+            # the key and password files in the test's private temp dir.
+            f"user {getpass.getuser()}",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if self.tls is not None:
+            lines += [f"cafile {self.tls.ca_file}", f"certfile {self.tls.cert_file}",
+                      f"keyfile {self.tls.key_file}", f"listener {self.plain_port} 127.0.0.1"]
+        if self.users:
+            lines += ["allow_anonymous false", f"password_file {self._password_file()}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += ["persistence false", "log_dest stdout",
+                  "log_type error", "log_type warning", "log_type notice"]
+        conf.write_text("\n".join(lines) + "\n")
         return [binary, "-c", str(conf)]
+
+    def _password_file(self) -> Path:
+        tool = find_binary("mosquitto_passwd", "/usr/bin/mosquitto_passwd")
+        if tool is None:
+            raise RuntimeError("mosquitto_passwd is not installed (it comes with mosquitto)")
+        path = self.workdir / "passwords"
+        path.unlink(missing_ok=True)
+        for i, (user, password) in enumerate(self.users.items()):
+            create = ["-c"] if i == 0 else []
+            subprocess.run([tool, *create, "-b", str(path), user, password], check=True,
+                           capture_output=True, timeout=30)
+        return path
 
 
 class InfluxDB1(Server):
