@@ -158,3 +158,4 @@ async def test_wrong_password_retries_with_backoff_while_polling_goes_on(
                     await task
     finally:
         await miner.stop()
+
