@@ -223,13 +223,14 @@ class SqliteSink:
         async with self._lock:
             if not self.buffer or self.store is None:
                 return 0
+            if self._inflight is not None and not self._inflight.done():
+                # A flush cancelled at shutdown still runs in its thread; one transaction at a time.
+                # asyncio.wait: that write's own error is not ours, but our cancellation must go through
+                # (and before the buffer is taken, so a cancellation here loses nothing).
+                await asyncio.wait({self._inflight})
             items, self.buffer = self.buffer, []
             readings = [i for i in items if isinstance(i, Reading)]
             events = [i for i in items if isinstance(i, Event)]
-            if self._inflight is not None and not self._inflight.done():
-                # A flush cancelled at shutdown still runs in its thread; one transaction at a time.
-                with contextlib.suppress(BaseException):
-                    await self._inflight
             self._inflight = asyncio.ensure_future(asyncio.to_thread(self.store.write, readings, events))
             try:
                 n = await asyncio.shield(self._inflight)
