@@ -38,6 +38,9 @@ log = logging.getLogger("bitaxe.store.influx")
 FailureKind = Literal["transient", "config", "reject"]
 MAX_BACKOFF = 60.0
 LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
+# The last flush at shutdown is a courtesy: the spool keeps what it cannot send. Bounded well below
+# Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
+FINAL_FLUSH_TIMEOUT = 3.0
 
 
 class WriteError(Exception):
@@ -268,7 +271,7 @@ class InfluxSink:
 
     async def aclose(self) -> None:
         try:
-            async with asyncio.timeout(self.cfg.timeout + 2):
+            async with asyncio.timeout(min(self.cfg.timeout + 2, FINAL_FLUSH_TIMEOUT)):
                 await self.flush()
         except (TimeoutError, Exception) as exc:  # the spool keeps whatever did not make it
             log.warning("%s: final flush incomplete (%s); %d point(s) stay spooled for the next start",
