@@ -21,6 +21,7 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from bridge.cancel import raise_if_cancelling
 from bridge.config import BridgeConfig
 from bridge.discovery import firmware_at_least
 from bridge.reading import Event, Reading, fmt_number
@@ -399,6 +400,7 @@ class Guard:
                 else:
                     await state.client.patch(self.firmware_settings(cmd, last.firmware))
         except Exception as exc:  # MinerError and friends; the message names the miner
+            raise_if_cancelling()  # a shutdown that met the request timeout is not the miner's fault
             return CommandResult(miner, request, False, "miner_error",
                                  f'miner "{miner}" did not take the command: {exc or type(exc).__name__}',
                                  time=self.clock(), source=source)
@@ -408,6 +410,7 @@ class Guard:
             async with asyncio.timeout(READBACK_TIMEOUT):
                 reading = await self.poller.poll_now(miner)
         except Exception as exc:
+            raise_if_cancelling()
             return CommandResult(miner, request, True, "ok", f"sent; read-back failed: {exc or 'timeout'}",
                                  time=self.clock(), source=source)
         applied = {

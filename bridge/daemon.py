@@ -118,6 +118,9 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if tour is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await tour
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 
+from bridge.cancel import raise_if_cancelling
 from bridge.config import BridgeConfig
 from bridge.errors import MinerError
 from bridge.miner import MinerClient
@@ -100,11 +101,15 @@ class Poller:
             try:
                 reading = await state.client.read()
             except MinerError as exc:
+                # aiohttp's request timeout and a shutdown can meet: the cancellation then arrives as a
+                # timeout. Taken for an unreachable miner, the loop would retry forever.
+                raise_if_cancelling()
                 self._failed(state, str(exc))
                 return False
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not kill this miner's loop, nor the others
+                raise_if_cancelling()
                 log.exception("miner %s: unexpected error while polling", state.client.name)
                 self._failed(state, f"unexpected {type(exc).__name__}: {exc}")
                 return False
