@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 import aiohttp
 
+from bridge.cancel import raise_if_cancelling
 from bridge.config import InfluxConfig
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
@@ -309,6 +310,9 @@ class InfluxSink:
                 try:
                     await self._write_or_split(batch.records)
                 except WriteError as exc:
+                    # A shutdown that met aiohttp's request timeout arrives as a timeout: not a failed
+                    # write to retry, or the flusher would never stop.
+                    raise_if_cancelling()
                     if exc.status == 404 and self.cfg.create_database and isinstance(self.writer, V1Writer):
                         try:
                             await self.writer.create_database()
