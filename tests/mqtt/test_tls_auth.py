@@ -159,3 +159,24 @@ async def test_wrong_password_retries_with_backoff_while_polling_goes_on(
     finally:
         await miner.stop()
 
+
+
+async def test_missing_ca_file_is_retried_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                   tls_broker: Mosquitto, certs: ServerCert) -> None:
+    ca = tmp_path / "mounted-later.pem"  # e.g. a secret that is not mounted yet
+    bridge = MqttBridge(config(tls_broker.port, tls=True, ca_file=str(ca)))
+    caplog.set_level(logging.WARNING, logger="bitaxe.mqtt")
+    task = asyncio.create_task(bridge.run())
+    try:
+        async with asyncio.timeout(10):
+            while not any("cannot be used: No such file" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.02)
+        ca.write_bytes(certs.ca_file.read_bytes())
+        async with asyncio.timeout(15):
+            await bridge.connected.wait()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bridge.aclose()
+    assert task.cancelled()
