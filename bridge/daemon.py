@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterable
@@ -70,11 +71,24 @@ class Bridge:
 
     async def _heartbeat(self, path: Path) -> None:
         """Writes a small JSON status every poll interval; the Docker healthcheck reads its age."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # Per-process temp name: two bridges started from the same directory share the default path.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        failing = False
         while True:
-            tmp.write_text(json.dumps(self.health()))
-            tmp.replace(path)  # atomic: the health check never reads a half-written file
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(json.dumps(self.health()))
+                tmp.replace(path)  # atomic: the health check never reads a half-written file
+                if failing:
+                    log.info("health file %s written again", path)
+                failing = False
+            except OSError as exc:
+                # A heartbeat that cannot be written must not stop polling; the health check will
+                # report the bridge as down, which is the truth as far as it can tell.
+                if not failing:
+                    log.error("cannot write the health file %s (%s); polling goes on. Fix health_file in "
+                              "the config (or set it to null)", path, exc)
+                failing = True
             await asyncio.sleep(self.cfg.poll_interval)
 
 

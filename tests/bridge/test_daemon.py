@@ -101,3 +101,36 @@ async def test_a_sink_that_swallows_cancellation_cannot_block_shutdown() -> None
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=10)
     assert done, "the fan-out did not stop"
+
+
+async def test_a_heartbeat_that_cannot_be_written_does_not_stop_polling(tmp_path: Path) -> None:
+    from bridge.config import load_config
+    from bridge.reading import Event, Reading
+
+    class Readings:
+        name = "readings"
+
+        def __init__(self) -> None:
+            self.seen: list[Reading] = []
+
+        async def start(self) -> None:
+            return None
+
+        async def handle(self, item: Reading | Event) -> None:
+            if isinstance(item, Reading):
+                self.seen.append(item)
+
+        async def aclose(self) -> None:
+            return None
+
+    miner = await start_miner()
+    try:
+        (tmp_path / "not-a-dir").write_text("")  # the health file's directory cannot be created
+        cfg_path = tmp_path / "config.yaml"
+        cfg_path.write_text(f"miners:\n  - {{name: g1, host: '{miner.host}'}}\npoll_interval: 0.2\n"
+                            f"sqlite: null\nhealth_file: {tmp_path / 'not-a-dir' / 'health.json'}\n")
+        sink = Readings()
+        await run_until_stopped(load_config(cfg_path), extra_sinks=[sink], duration=1.5)
+        assert len(sink.seen) >= 3
+    finally:
+        await miner.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -53,9 +54,11 @@ async def test_sigterm_exits_promptly_with_broker_store_and_a_miner_down(tmp_pat
                 f"           batch_size: 5, flush_interval: 0.2, spool_dir: '{spool_dir}'}}\n")
             out = open(log, "ab")  # noqa: ASYNC230 - a log file handed to the child
             try:
+                # cwd: the test's own dir, so default relative paths (health file) are not shared with
+                # other test runs from the same checkout.
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), cwd=ROOT,
-                    stdout=out, stderr=out)
+                    sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), cwd=tmp_path,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)
             finally:
                 out.close()
             async with asyncio.timeout(30):
