@@ -105,7 +105,7 @@ class SafetyConfig(_Strict):
     allow_custom_clocks: bool = False  # accept values off the board's option lists, up to the maxima
     min_input_voltage: float | None = Field(None, gt=0, description="V; below it the miner is stepped down")
     hysteresis: float = Field(5, ge=0, le=30, description="°C below the limit before raising is allowed")
-    min_command_interval: float = Field(10, ge=0, description="s between clock commands per miner")
+    min_command_interval: float = Field(10, ge=0, description="s between commands per miner")
 
     @model_validator(mode="after")
     def _custom(self) -> SafetyConfig:
@@ -162,8 +162,15 @@ _FIXES = {
     "less_than_equal": "lower it",
     "greater_than": "raise it",
     "less_than": "lower it",
-    "string_pattern_mismatch": "use letters, digits, '-' or '_'",
     "too_short": "add at least one entry",
+}
+
+# Field patterns in words: pydantic's "should match pattern '^…$'" tells a user nothing.
+_PATTERNS = {
+    NAME_RE: ("must start with a letter or digit, then letters, digits, '-' or '_' (at most 64)",
+              "rename it, e.g. garage-1"),
+    r"^https?://": ("must be a URL starting with http:// or https://", "write e.g. http://influxdb.lan:8086"),
+    r"^[^#+\s]+$": ("must not contain '#', '+' or spaces (MQTT wildcards)", "remove them"),
 }
 
 
@@ -212,6 +219,8 @@ def parse_config(data: Any, source: str = "config") -> BridgeConfig:
             got = err.get("input")
             shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "string_pattern_mismatch":
+                msg, fix = _PATTERNS.get(str((err.get("ctx") or {}).get("pattern")), (msg, ""))
             lines.append(f"{source}: {_loc(tuple(loc))}: {msg}{shown}" + (f"; {fix}" if fix else ""))
         raise ConfigError("\n".join(lines)) from None
 

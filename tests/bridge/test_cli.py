@@ -1,0 +1,73 @@
+"""The three CLIs from a source checkout: --version, demo options and help, config errors in words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from analyzer.cli import main as analyze_main
+from bridge import __version__
+from bridge.cli import demo_config, parse_broker
+from bridge.cli import main as bridge_main
+from bridge.config import ConfigError, load_config
+from simulator.cli import main as sim_main
+
+
+@pytest.mark.parametrize("cli", [bridge_main, analyze_main, sim_main])
+def test_version_works_without_installed_package_metadata(cli: click.Command) -> None:
+    # `python3 -m bridge.cli --version` used to raise RuntimeError: 'bitaxe-bridge' is not installed.
+    r = CliRunner().invoke(cli, ["--version"])
+    assert r.exit_code == 0, r.output
+    assert __version__ in r.output
+
+
+def test_demo_writes_store_and_heartbeat_under_data_dir(tmp_path: Path) -> None:
+    cfg = demo_config(["sim-1"], ["127.0.0.1:4000"], 2.0, tmp_path, ("localhost", 1883))
+    assert cfg.sqlite is not None and cfg.sqlite.path == tmp_path / "demo.db"
+    assert cfg.health_file == tmp_path / "health.json"  # not ./data/health.json
+    assert cfg.mqtt is not None and (cfg.mqtt.host, cfg.mqtt.port) == ("localhost", 1883)
+
+
+@pytest.mark.parametrize(("addr", "expected"), [
+    ("localhost:1884", ("localhost", 1884)),
+    ("localhost", ("localhost", 1883)),
+    (":1885", ("localhost", 1885)),
+    ("127.0.0.1", ("127.0.0.1", 1883)),
+])
+def test_demo_mqtt_address(addr: str, expected: tuple[str, int]) -> None:
+    assert parse_broker(addr) == expected
+
+
+@pytest.mark.parametrize("addr", ["localhost:abc", "localhost:0", "host:70000"])
+def test_demo_bad_mqtt_address_is_a_usage_error_not_a_traceback(addr: str) -> None:
+    r = CliRunner().invoke(bridge_main, ["demo", "--mqtt", addr])
+    assert r.exit_code == 2
+    assert "--mqtt" in r.output and "HOST:PORT" in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize(("text", "needles"), [
+    ("influxdb: {url: 'influx:8086', database: b}\n", ["influxdb.url", "http://", "influx:8086"]),
+    ("mqtt: {prefix: 'a/#'}\n", ["mqtt.prefix", "'#'"]),
+])
+def test_pattern_errors_say_what_the_field_needs(tmp_path: Path, text: str, needles: list[str]) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("miners:\n  - {name: a, host: h}\n" + text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    msg = str(exc.value)
+    for n in needles:
+        assert n in msg, msg
+    assert "should match pattern" not in msg
+    assert "letters, digits" not in msg  # the miner-name advice used to be given for every pattern
+
+
+@pytest.mark.parametrize("args", [["--bin", "0s"], ["--gap", "0s"], ["--max-error", "-1"],
+                                  ["--min-hashrate", "150"], ["--settle-slope", "0"]])
+def test_analyzer_rejects_nonsense_options_before_reading(tmp_path: Path, args: list[str]) -> None:
+    r = CliRunner().invoke(analyze_main, ["rank", "--source", f"sqlite:{tmp_path / 'none.db'}", *args])
+    assert r.exit_code == 2, r.output
+    assert args[0] in r.output
