@@ -160,7 +160,11 @@ def health(config_path: str, max_age: float | None) -> None:
         status = json.loads(cfg.health_file.read_text())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"no heartbeat at {cfg.health_file} ({exc}); is the bridge running?") from None
-    age = time.time() - float(status.get("time", 0))
+    when = status.get("time") if isinstance(status, dict) else None
+    if not isinstance(when, int | float):
+        raise click.ClickException(f"{cfg.health_file} is not a bitaxe-bridge heartbeat (no numeric \"time\"); "
+                                   "does health_file point at another file?")
+    age = time.time() - float(when)
     limit = max_age if max_age is not None else 3 * cfg.poll_interval + 10
     click.echo(f"heartbeat {age:.1f} s old; {status.get('online')}/{status.get('miners')} miners online")
     if age > limit:

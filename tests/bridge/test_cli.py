@@ -71,3 +71,32 @@ def test_analyzer_rejects_nonsense_options_before_reading(tmp_path: Path, args: 
     r = CliRunner().invoke(analyze_main, ["rank", "--source", f"sqlite:{tmp_path / 'none.db'}", *args])
     assert r.exit_code == 2, r.output
     assert args[0] in r.output
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "no heartbeat"), ("{bad json", "no heartbeat"),
+    ('{"time": "x"}', "not a bitaxe-bridge heartbeat"), ("[1]", "not a bitaxe-bridge heartbeat"),
+])
+def test_health_without_a_good_heartbeat_is_one_line(tmp_path: Path, content: str | None, needle: str) -> None:
+    hb = tmp_path / "health.json"
+    if content is not None:
+        hb.write_text(content)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"miners:\n  - {{name: a, host: h}}\nhealth_file: {hb}\n")
+    r = CliRunner().invoke(bridge_main, ["health", "-c", str(cfg)])
+    assert r.exit_code == 1
+    assert needle in r.output and str(hb) in r.output
+    assert not isinstance(r.exception, ValueError | AttributeError)
+
+
+def test_health_with_a_fresh_heartbeat(tmp_path: Path) -> None:
+    import json
+    import time
+
+    hb = tmp_path / "health.json"
+    hb.write_text(json.dumps({"time": time.time(), "miners": 2, "online": 1}))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"miners:\n  - {{name: a, host: h}}\nhealth_file: {hb}\n")
+    r = CliRunner().invoke(bridge_main, ["health", "-c", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert "1/2 miners online" in r.output
