@@ -58,9 +58,41 @@ def main() -> None:
 def run(config_path: str, log_level: str | None, log_readings: bool) -> None:
     """Poll every miner and feed MQTT / storage until SIGINT or SIGTERM."""
     cfg = _load(config_path)
+    _prepare_paths(cfg)
     _setup_logging(log_level or cfg.log_level)
     log.info("bitaxe-bridge: %d miners every %g s (config %s)", len(cfg.miners), cfg.poll_interval, config_path)
     asyncio.run(_run(cfg, log_readings))
+
+
+def _prepare_paths(cfg: BridgeConfig) -> None:
+    """Create the directories the bridge writes to and open its SQLite file now, so a bad path is one line
+    naming its field instead of a traceback from inside the running bridge."""
+    dirs: list[tuple[str, Path]] = []
+    if cfg.sqlite is not None:
+        dirs.append(("sqlite.path", cfg.sqlite.path.parent))
+    if cfg.influxdb is not None:
+        dirs.append(("influxdb.spool_dir", cfg.influxdb.spool_dir))
+    if cfg.health_file is not None:
+        dirs.append(("health_file", cfg.health_file.parent))
+    problems = []
+    for field, d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"{field}: cannot create directory {d} ({exc.strerror or exc}); "
+                            "choose a writable path")
+    if cfg.sqlite is not None and not problems:
+        import sqlite3
+
+        from bridge.store.sqlite import SqliteStore
+
+        try:
+            SqliteStore.open(cfg.sqlite.path).close()
+        except (sqlite3.Error, OSError) as exc:
+            problems.append(f"sqlite.path: cannot use {cfg.sqlite.path} as the bridge's database ({exc}); "
+                            "point it at a new file or an existing bitaxe-bridge database")
+    if problems:
+        raise click.ClickException("config is not usable:\n" + "\n".join(problems))
 
 
 async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = None,
@@ -196,6 +228,11 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
     (the simulated clock runs TIME_SCALE times faster, so warm-ups are that much shorter).
     """
     mqtt = parse_broker(mqtt_addr) if mqtt_addr else None
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {data_dir} ({exc.strerror or exc}); choose a writable directory",
+                                 param_hint="--data-dir") from None
     _setup_logging("INFO")
     asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every))
 

@@ -100,3 +100,34 @@ def test_health_with_a_fresh_heartbeat(tmp_path: Path) -> None:
     r = CliRunner().invoke(bridge_main, ["health", "-c", str(cfg)])
     assert r.exit_code == 0, r.output
     assert "1/2 miners online" in r.output
+
+
+@pytest.mark.parametrize(("section", "field"), [
+    ("sqlite: {path: NOTDB}\n", "sqlite.path"),
+    ("sqlite: {path: FILE/sub/x.db}\n", "sqlite.path"),
+    ("influxdb: {url: 'http://127.0.0.1:9', database: b, spool_dir: FILE/spool}\n", "influxdb.spool_dir"),
+    ("health_file: FILE/h.json\n", "health_file"),
+])
+def test_run_with_an_unusable_path_names_the_field(tmp_path: Path, section: str, field: str) -> None:
+    # These used to surface as an ExceptionGroup traceback from inside the running bridge.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory, not a database\n")
+    text = "miners:\n  - {name: a, host: '127.0.0.1:9'}\n" + section.replace("NOTDB", str(a_file)).replace(
+        "FILE", str(a_file))
+    if "health_file" not in section:
+        text += f"health_file: {tmp_path / 'health.json'}\n"
+    if "sqlite" not in section:
+        text += f"sqlite: {{path: {tmp_path / 'ok.db'}}}\n"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    r = CliRunner().invoke(bridge_main, ["run", "-c", str(cfg)])
+    assert r.exit_code == 1, r.output
+    assert field + ":" in r.output and "Traceback" not in r.output
+    assert a_file.read_text() == "not a directory, not a database\n"
+
+
+def test_demo_with_an_unusable_data_dir_is_a_usage_error(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    r = CliRunner().invoke(bridge_main, ["demo", "--data-dir", str(a_file / "sub"), "--duration", "1"])
+    assert r.exit_code == 2 and "--data-dir" in r.output
