@@ -89,13 +89,13 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
     set_topic = f"{mqtt.prefix}/{miner}/set"
     result_topic = f"{mqtt.prefix}/{miner}/result"
     where = f"MQTT broker {mqtt.host}:{mqtt.port}"
-    tls = aiomqtt.TLSParameters() if mqtt.tls else None
+    from bridge.mqtt import client_for
+
     timeout = wait
     try:
         async with asyncio.timeout(timeout):
-            async with aiomqtt.Client(mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password,
-                                      identifier=f"bitaxe-session-{uuid.uuid4().hex[:8]}",
-                                      tls_params=tls, timeout=min(timeout, 10.0)) as client:
+            # The bridge's own client settings (TLS with ca_file, keepalive), under a client id of its own.
+            async with client_for(mqtt, identifier=f"bitaxe-session-{uuid.uuid4().hex[:8]}") as client:
                 await client.subscribe(result_topic, qos=1)  # before publishing: no race with the answer
                 await client.publish(set_topic, json.dumps(payload), qos=1)
                 async for message in client.messages:
@@ -112,8 +112,8 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
             f"no answer on {result_topic} within {timeout:.0f} s after publishing {set_topic}; is "
             f"bitaxe-bridge running with this config's mqtt section, and is miner \"{miner}\" online?"
         ) from None
-    except aiomqtt.MqttError as exc:
-        raise SessionError(f"{where}: {exc}; check mqtt.host/port/username/password in the config") from None
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise SessionError(f"{where}: {exc}; check mqtt.host/port/username/password/tls in the config") from None
     raise SessionError(f"{where}: connection closed before the bridge answered on {result_topic}")
 
 

@@ -59,6 +59,20 @@ class MqttConfig(_Strict):
     discovery: bool = True
     keepalive: int = Field(30, ge=5, le=3600)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        # Checked here: a missing bundle would otherwise only fail deep inside the MQTT reconnect loop.
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f'"{v}" is not a file; give the path of the PEM bundle of the broker\'s CA')
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttConfig:
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file is only used with TLS; set tls: true (or remove ca_file)")
+        return self
+
 
 class SqliteConfig(_Strict):
     path: Path = Path("data/bitaxe.db")

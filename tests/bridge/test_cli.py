@@ -131,3 +131,18 @@ def test_demo_with_an_unusable_data_dir_is_a_usage_error(tmp_path: Path) -> None
     a_file.write_text("")
     r = CliRunner().invoke(bridge_main, ["demo", "--data-dir", str(a_file / "sub"), "--duration", "1"])
     assert r.exit_code == 2 and "--data-dir" in r.output
+
+
+@pytest.mark.parametrize(("mqtt", "needles"), [
+    ("{tls: true, ca_file: /nonexistent/ca.pem}", ["mqtt.ca_file", "/nonexistent/ca.pem", "PEM bundle"]),
+    ("{tls: false, ca_file: CA}", ["mqtt", "tls: true"]),
+])
+def test_mqtt_ca_file_is_checked_when_the_config_is_read(tmp_path: Path, mqtt: str, needles: list[str]) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    p = tmp_path / "c.yaml"
+    p.write_text("miners:\n  - {name: a, host: h}\nmqtt: " + mqtt.replace("CA", str(ca)) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    for n in needles:
+        assert n in str(exc.value), str(exc.value)
