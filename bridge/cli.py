@@ -225,7 +225,8 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
 
     Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
     `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 5s --min-warmup 20s --out report/`
-    (the simulated clock runs TIME_SCALE times faster, so warm-ups are that much shorter).
+    (the simulated clock runs TIME_SCALE times faster: warm-ups are that much shorter, and uptime
+    advances that much faster, which longer bins would read as restarts).
     """
     mqtt = parse_broker(mqtt_addr) if mqtt_addr else None
     try:
