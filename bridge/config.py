@@ -147,6 +147,11 @@ class BridgeConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v  # `info` like `run --log-level info`
+
     @model_validator(mode="after")
     def _unique(self) -> BridgeConfig:
         seen: dict[str, int] = {}

@@ -146,3 +146,9 @@ def test_mqtt_ca_file_is_checked_when_the_config_is_read(tmp_path: Path, mqtt: s
         load_config(p)
     for n in needles:
         assert n in str(exc.value), str(exc.value)
+
+
+def test_log_level_in_any_case_like_the_command_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("miners:\n  - {name: a, host: h}\nlog_level: warning\n")
+    assert load_config(p).log_level == "WARNING"
