@@ -42,6 +42,13 @@ async def test_unreachable_names_host_and_port() -> None:
         await check_influx(_v1(f"http://127.0.0.1:{port}", "x"))
 
 
+async def test_v2_config_against_a_1x_server_says_use_api_v1(influxdb1: InfluxDB1) -> None:
+    # InfluxDB 1.6 has no /api/v2/write; the advice used to be "create the bucket".
+    cfg = InfluxConfig.model_validate({"url": influxdb1.url, "database": "bitaxe", "timeout": 2})
+    with pytest.raises(StoreCheckError, match=r"no v2 write API.*influxdb\.api: v1"):
+        await check_influx(cfg)
+
+
 async def test_v2_api_ok(victoria: VictoriaMetrics) -> None:
     cfg = InfluxConfig.model_validate({"url": victoria.url, "token": "t", "org": "o", "bucket": "b"})
     assert "bucket 'b' writable" in await check_influx(cfg)
