@@ -52,6 +52,8 @@ class WriteError(Exception):
     def fix(self) -> str:
         if self.status in (401, 403):
             return "check influxdb.token (2.x/3.x) or influxdb.username/password (1.x) in config.yaml"
+        if self.status == 404 and self.detail.strip().startswith("404 page not found"):
+            return "this server has no v2 write API (InfluxDB older than 1.8): set influxdb.api: v1"
         if self.status == 404:
             return ("create the bucket (influx bucket create -n <bucket> -r 365d) or the database "
                     "(CREATE DATABASE <db>), or set influxdb.create_database: true with api: v1")

@@ -63,3 +63,12 @@ def test_build_store_sinks(tmp_path: Path) -> None:
     assert all(isinstance(s, Sink) for s in sinks)
     no_sqlite = parse_config({"miners": [{"name": "a", "host": "127.0.0.1"}], "sqlite": None})
     assert build_store_sinks(no_sqlite) == []
+
+
+def test_write_error_fix_tells_a_missing_endpoint_from_a_missing_bucket() -> None:
+    from bridge.store.influx import WriteError
+
+    no_api = WriteError("config", 404, "404 page not found\n", "InfluxDB http://127.0.0.1:8086")
+    assert "api: v1" in no_api.fix
+    no_bucket = WriteError("config", 404, '{"code":"not found","message":"bucket \\"b\\" not found"}', "x")
+    assert "create the bucket" in no_bucket.fix
