@@ -64,7 +64,8 @@ def common(fn: F) -> F:
     """Options every command takes: the store, the time range, warm-up, gates and output."""
     opts = [
         click.option("--source", "-s", metavar="KIND:WHERE",
-                     help="sqlite:PATH or influxdb:http://HOST:PORT/DATABASE"),
+                     help="sqlite:PATH or influxdb:http://HOST:PORT/DATABASE  [default: the store of "
+                          "--config, else data/bitaxe.db]"),
         click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
                      help="the bridge's config.yaml: its influxdb (preferred) or sqlite section is the "
                           "source"),
