@@ -278,10 +278,11 @@ def rank_cmd(miner: str | None, by: str, include_all: bool, **kw: Any) -> None:
     for name, m in a.miners.items():
         ranked = rank(m.stats, by, include_all)
         hidden = len([s for s in m.stats if not s.stable]) if not include_all else 0
-        click.echo(f"\nminer {name}: {len(m.segments)} segments, ranked by {by}")
+        n_seg = f"{len(m.segments)} segment" + ("" if len(m.segments) == 1 else "s")
+        click.echo(f"\nminer {name}: {n_seg}, ranked by {by}")
         if not ranked:
             if m.segments and all(seg.steady >= seg.hi for seg in m.segments):
-                click.echo(f"  every segment is still in its warm-up ({len(m.segments)} segments); collect "
+                click.echo(f"  every segment is still in its warm-up ({n_seg}); collect "
                            "more data, or shorten it with --warmup 60s / --min-warmup")
             else:
                 click.echo("  no stable config with data" + (" (try --all)" if hidden else ""))
