@@ -354,7 +354,7 @@ class InfluxSink:
         if self._failures == 1 or now - self._last_loud >= LOUD_EVERY:
             self._last_loud = now
             level = logging.ERROR if exc.kind == "config" else logging.WARNING
-            log.log(level, "%s; %s. %d point(s) kept in the spool (%s), retrying in %.0f s",
+            log.log(level, "%s; %s; %d point(s) kept in the spool (%s), retrying in %.0f s",
                     exc, exc.fix, self.spool.pending, self.spool.dir, delay)
         return delay
 
