@@ -451,7 +451,10 @@ def export_cmd(fmt: str, miner: str | None, config_tag: str | None, session: str
         w.writerows(records)
         text = buf.getvalue()
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as exc:
+            raise Fail(f"cannot write {out} ({exc.strerror or exc}); choose another --out") from None
         click.echo(f"wrote {len(records)} rows to {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -512,8 +515,17 @@ def report_cmd(fmt: str, out_dir: str, miner: str | None, balance_tolerance: flo
     Pareto frontier, time series coloured by config, chip temperature vs power)."""
     from analyzer.report import write_report
 
+    out = Path(out_dir)
+    try:  # before the analysis, which can take a while on a long history
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Fail(f"cannot create the report directory {out} ({exc.strerror or exc}); choose another --out") \
+            from None
     a = run(kw, miner)
-    files = write_report(a, Path(out_dir), fmt, balance_tolerance)
+    try:
+        files = write_report(a, out, fmt, balance_tolerance)
+    except OSError as exc:
+        raise Fail(f"cannot write the report into {out} ({exc.strerror or exc}); choose another --out") from None
     if kw["as_json"]:
         _emit({"files": [str(f) for f in files]})
     else:
