@@ -152,3 +152,17 @@ def test_log_level_in_any_case_like_the_command_line(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("miners:\n  - {name: a, host: h}\nlog_level: warning\n")
     assert load_config(p).log_level == "WARNING"
+
+
+def test_session_list_on_a_foreign_sqlite_file_is_one_line(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE x (a)")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"miners:\n  - {{name: a, host: h}}\nsqlite: {{path: {db}}}\n")
+    r = CliRunner().invoke(analyze_main, ["session", "list", "-c", str(cfg)])
+    assert r.exit_code == 1
+    assert str(db) in r.output and "bridge's database" in r.output
+    assert not isinstance(r.exception, sqlite3.Error)
