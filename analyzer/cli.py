@@ -429,7 +429,9 @@ def _session_range(kw: dict[str, Any], session: str) -> tuple[str | None, float,
 @common
 def export_cmd(fmt: str, miner: str | None, config_tag: str | None, session: str | None, raw: bool,
                out: str | None, **kw: Any) -> None:
-    """Per-config statistics (or --raw readings) as CSV or JSON."""
+    """Per-config statistics (or --raw readings) as CSV or JSON (--json is --format json)."""
+    if kw["as_json"]:
+        fmt = "json"
     tag = _parse_cfg(config_tag) if config_tag else None
     since = until = None
     if session:

@@ -197,6 +197,14 @@ def test_unwritable_output_is_one_line(sqlite_db, tmp_path, args):
     assert not isinstance(r.exception, OSError)
 
 
+def test_export_json_flag_means_json(sqlite_db):
+    # --json is a common option; export used to accept it and still print CSV.
+    r = CliRunner().invoke(main, ["export", "--json", "--source", f"sqlite:{sqlite_db}"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert rows and "config" in rows[0]
+
+
 def test_unreachable_and_missing_stores(tmp_path):
     from tests.support.servers import free_port
 
