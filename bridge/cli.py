@@ -104,9 +104,12 @@ async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = N
 
 @main.command("check-config", short_help="Validate a config file and test its connections.")
 @click.argument("config_path", default="config.yaml", type=click.Path(dir_okay=False))
+@click.option("--config", "-c", "config_opt", default=None, type=click.Path(dir_okay=False),
+              help="The config file, like `run --config` (instead of CONFIG_PATH).")
 @click.option("--offline", is_flag=True, help="Only validate the file; don't contact miners or servers.")
-def check_config(config_path: str, offline: bool) -> None:
+def check_config(config_path: str, config_opt: str | None, offline: bool) -> None:
     """Validate CONFIG_PATH (default ./config.yaml) and test the connections it names."""
+    config_path = config_opt or config_path
     cfg = _load(config_path)
     click.echo(f"{config_path}: valid — {len(cfg.miners)} miner(s), poll every {cfg.poll_interval:g} s")
     click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")

@@ -166,3 +166,12 @@ def test_session_list_on_a_foreign_sqlite_file_is_one_line(tmp_path: Path) -> No
     assert r.exit_code == 1
     assert str(db) in r.output and "bridge's database" in r.output
     assert not isinstance(r.exception, sqlite3.Error)
+
+
+def test_check_config_takes_the_path_like_run_does(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("miners:\n  - {name: a, host: h}\n")
+    for args in ([str(cfg)], ["--config", str(cfg)], ["-c", str(cfg)]):
+        r = CliRunner().invoke(bridge_main, ["check-config", *args, "--offline"])
+        assert r.exit_code == 0, r.output
+        assert f"{cfg}: valid" in r.output
