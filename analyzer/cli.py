@@ -28,6 +28,7 @@ from analyzer.columns import label, unit
 from analyzer.segments import WarmupPolicy
 from analyzer.sources import Store, StoreError, open_source
 from analyzer.stats import ConfigStats, Difference, Estimate, Gates, difference
+from bridge import __version__
 from bridge.reading import ClockConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,11 +53,19 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
+def _positive_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    seconds = _duration(ctx, param, value)
+    if seconds is not None and seconds <= 0:
+        raise click.BadParameter(f'"{value}" must be longer than 0, e.g. 30s')
+    return seconds
+
+
 def common(fn: F) -> F:
     """Options every command takes: the store, the time range, warm-up, gates and output."""
     opts = [
         click.option("--source", "-s", metavar="KIND:WHERE",
-                     help="sqlite:PATH or influxdb:http://HOST:PORT/DATABASE"),
+                     help="sqlite:PATH or influxdb:http://HOST:PORT/DATABASE  [default: the store of "
+                          "--config, else data/bitaxe.db]"),
         click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False),
                      help="the bridge's config.yaml: its influxdb (preferred) or sqlite section is the "
                           "source"),
@@ -72,18 +81,19 @@ def common(fn: F) -> F:
                      help="auto warm-up: at least this long"),
         click.option("--max-warmup", default="15m", show_default=True, callback=_duration, metavar="DURATION",
                      help="auto warm-up: at most this long"),
-        click.option("--settle-slope", default=0.15, show_default=True, type=float,
+        click.option("--settle-slope", default=0.15, show_default=True,
+                     type=click.FloatRange(min=0, min_open=True),
                      help="auto warm-up: chip temperature slope (°C/min) that counts as settled"),
-        click.option("--gap", default="120s", show_default=True, callback=_duration, metavar="DURATION",
+        click.option("--gap", default="120s", show_default=True, callback=_positive_duration, metavar="DURATION",
                      help="a hole in the data longer than this starts a new segment (with warm-up)"),
-        click.option("--bin", "bin_width", default="30s", show_default=True, callback=_duration,
+        click.option("--bin", "bin_width", default="30s", show_default=True, callback=_positive_duration,
                      metavar="DURATION",
                      help="aggregation bin; the database averages readings per bin and config"),
         click.option("--fetch", type=click.Choice(["db", "raw"]), default="db", show_default=True,
                      help="db: aggregate in the database (GROUP BY); raw: pull every reading into Python"),
-        click.option("--max-error", default=2.0, show_default=True, type=float,
+        click.option("--max-error", default=2.0, show_default=True, type=click.FloatRange(0, 100),
                      help="unstable above this ASIC error rate (%)"),
-        click.option("--min-hashrate", default=90.0, show_default=True, type=float,
+        click.option("--min-hashrate", default=90.0, show_default=True, type=click.FloatRange(0, 100),
                      help="unstable below this % of the expected hashrate"),
         click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout"),
     ]
@@ -235,8 +245,8 @@ def _parse_cfg(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- commands
-@click.group(epilog=EPILOG)
-@click.version_option(package_name="bitaxe-bridge", message="%(prog)s %(version)s")
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bitaxe-analyze", message="%(prog)s %(version)s")
 def main() -> None:
     """Rank a Bitaxe's clock configs (MHz@mV) by efficiency, with intervals you can trust.
 
@@ -246,7 +256,7 @@ def main() -> None:
     """
 
 
-@main.command("rank", epilog=EPILOG)
+@main.command("rank", epilog=EPILOG, short_help="Clock configs per miner, best first, with 95 % intervals.")
 @click.option("--miner", "-m", help="only this miner (configured name)")
 @click.option("--by", type=click.Choice(list(RANK_KEYS)), default="efficiency", show_default=True,
               help="efficiency: lowest J/TH; hashrate: highest GH/s; temperature: coolest chip")
@@ -268,10 +278,11 @@ def rank_cmd(miner: str | None, by: str, include_all: bool, **kw: Any) -> None:
     for name, m in a.miners.items():
         ranked = rank(m.stats, by, include_all)
         hidden = len([s for s in m.stats if not s.stable]) if not include_all else 0
-        click.echo(f"\nminer {name}: {len(m.segments)} segments, ranked by {by}")
+        n_seg = f"{len(m.segments)} segment" + ("" if len(m.segments) == 1 else "s")
+        click.echo(f"\nminer {name}: {n_seg}, ranked by {by}")
         if not ranked:
             if m.segments and all(seg.steady >= seg.hi for seg in m.segments):
-                click.echo(f"  every segment is still in its warm-up ({len(m.segments)} segments); collect "
+                click.echo(f"  every segment is still in its warm-up ({n_seg}); collect "
                            "more data, or shorten it with --warmup 60s / --min-warmup")
             else:
                 click.echo("  no stable config with data" + (" (try --all)" if hidden else ""))
@@ -302,9 +313,10 @@ def _fmt_pick(p: Pick) -> str:
     return s + f"\n    runner-up {p.runner_up.config} by {margin}: {verdict}"
 
 
-@main.command("recommend", epilog=EPILOG)
+@main.command("recommend", epilog=EPILOG,
+              short_help="Best efficiency, hashrate and balance per miner, with margins.")
 @click.option("--miner", "-m", help="only this miner")
-@click.option("--balance-tolerance", default=5.0, show_default=True, type=float,
+@click.option("--balance-tolerance", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="'balance' = the highest hashrate among stable configs whose J/TH is within this "
                    "many % of the best J/TH")
 @common
@@ -331,7 +343,7 @@ def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> Non
             click.echo(f"  not considered (too little data for an interval): {', '.join(thin)}")
 
 
-@main.command("compare", epilog=EPILOG)
+@main.command("compare", epilog=EPILOG, short_help="A/B comparison of two clock configs of one miner.")
 @click.option("--miner", "-m", required=True, help="the miner")
 @click.argument("config_a")
 @click.argument("config_b")
@@ -406,7 +418,8 @@ def _session_range(kw: dict[str, Any], session: str) -> tuple[str | None, float,
 
 
 @main.command("export", epilog=EPILOG)
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="output format (CSV flattens nested fields to name_subname columns)")
 @click.option("--miner", "-m", help="only this miner")
 @click.option("--clock", "config_tag", metavar="MHZ@MV",
               help="only this clock config, e.g. 575@1200 (--config is the bridge's config file)")
@@ -416,7 +429,9 @@ def _session_range(kw: dict[str, Any], session: str) -> tuple[str | None, float,
 @common
 def export_cmd(fmt: str, miner: str | None, config_tag: str | None, session: str | None, raw: bool,
                out: str | None, **kw: Any) -> None:
-    """Per-config statistics (or --raw readings) as CSV or JSON."""
+    """Per-config statistics (or --raw readings) as CSV or JSON (--json is --format json)."""
+    if kw["as_json"]:
+        fmt = "json"
     tag = _parse_cfg(config_tag) if config_tag else None
     since = until = None
     if session:
@@ -438,7 +453,10 @@ def export_cmd(fmt: str, miner: str | None, config_tag: str | None, session: str
         w.writerows(records)
         text = buf.getvalue()
     if out:
-        Path(out).write_text(text)
+        try:
+            Path(out).write_text(text)
+        except OSError as exc:
+            raise Fail(f"cannot write {out} ({exc.strerror or exc}); choose another --out") from None
         click.echo(f"wrote {len(records)} rows to {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -485,12 +503,13 @@ def _raw_records(kw: dict[str, Any], miner: str | None, tag: str | None, since: 
     return records
 
 
-@main.command("report", epilog=EPILOG)
-@click.option("--format", "fmt", type=click.Choice(["md", "html", "both"]), default="both", show_default=True)
+@main.command("report", epilog=EPILOG, short_help="Markdown/HTML report with tables and plots.")
+@click.option("--format", "fmt", type=click.Choice(["md", "html", "both"]), default="both", show_default=True,
+              help="report.md, report.html or both (the PNG plots are written either way)")
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False), default="report", show_default=True,
               help="directory for report.md / report.html and the PNG plots")
 @click.option("--miner", "-m", help="only this miner")
-@click.option("--balance-tolerance", default=5.0, show_default=True, type=float,
+@click.option("--balance-tolerance", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="see `recommend --help`")
 @common
 def report_cmd(fmt: str, out_dir: str, miner: str | None, balance_tolerance: float, **kw: Any) -> None:
@@ -498,8 +517,17 @@ def report_cmd(fmt: str, out_dir: str, miner: str | None, balance_tolerance: flo
     Pareto frontier, time series coloured by config, chip temperature vs power)."""
     from analyzer.report import write_report
 
+    out = Path(out_dir)
+    try:  # before the analysis, which can take a while on a long history
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Fail(f"cannot create the report directory {out} ({exc.strerror or exc}); choose another --out") \
+            from None
     a = run(kw, miner)
-    files = write_report(a, Path(out_dir), fmt, balance_tolerance)
+    try:
+        files = write_report(a, out, fmt, balance_tolerance)
+    except OSError as exc:
+        raise Fail(f"cannot write the report into {out} ({exc.strerror or exc}); choose another --out") from None
     if kw["as_json"]:
         _emit({"files": [str(f) for f in files]})
     else:

@@ -89,13 +89,13 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
     set_topic = f"{mqtt.prefix}/{miner}/set"
     result_topic = f"{mqtt.prefix}/{miner}/result"
     where = f"MQTT broker {mqtt.host}:{mqtt.port}"
-    tls = aiomqtt.TLSParameters() if mqtt.tls else None
+    from bridge.mqtt import client_for
+
     timeout = wait
     try:
         async with asyncio.timeout(timeout):
-            async with aiomqtt.Client(mqtt.host, mqtt.port, username=mqtt.username, password=mqtt.password,
-                                      identifier=f"bitaxe-session-{uuid.uuid4().hex[:8]}",
-                                      tls_params=tls, timeout=min(timeout, 10.0)) as client:
+            # The bridge's own client settings (TLS with ca_file, keepalive), under a client id of its own.
+            async with client_for(mqtt, identifier=f"bitaxe-session-{uuid.uuid4().hex[:8]}") as client:
                 await client.subscribe(result_topic, qos=1)  # before publishing: no race with the answer
                 await client.publish(set_topic, json.dumps(payload), qos=1)
                 async for message in client.messages:
@@ -112,8 +112,8 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
             f"no answer on {result_topic} within {timeout:.0f} s after publishing {set_topic}; is "
             f"bitaxe-bridge running with this config's mqtt section, and is miner \"{miner}\" online?"
         ) from None
-    except aiomqtt.MqttError as exc:
-        raise SessionError(f"{where}: {exc}; check mqtt.host/port/username/password in the config") from None
+    except (aiomqtt.MqttError, OSError) as exc:
+        raise SessionError(f"{where}: {exc}; check mqtt.host/port/username/password/tls in the config") from None
     raise SessionError(f"{where}: connection closed before the bridge answered on {result_topic}")
 
 
@@ -205,19 +205,19 @@ async def list_sessions(cfg: BridgeConfig, miner: str | None) -> list[Session]:
         raise SessionError(str(exc)) from None
 
 
-_config_option = click.option("--config", "config_path", type=click.Path(path_type=Path),
+_config_option = click.option("--config", "-c", "config_path", type=click.Path(path_type=Path),
                               default=Path("config.yaml"), show_default=True,
                               help="the bridge's config.yaml (finds the store and the MQTT broker)")
 
 
-@click.group("session")
+@click.group("session", short_help="Measurement sessions with notes: start, end, list.")
 def session() -> None:
     """Measurement sessions with notes (stored as events beside the readings)."""
 
 
 @session.command("start")
 @_config_option
-@click.option("--miner", required=True, help="configured miner name")
+@click.option("--miner", "-m", required=True, help="configured miner name")
 @click.option("--frequency", type=float, help="MHz; applied by the bridge over MQTT")
 @click.option("--voltage", "core_voltage", type=int, help="core voltage mV; applied by the bridge over MQTT")
 @click.option("--notes", default="", help='what is special about this session, e.g. "new thermal pad"')
@@ -233,7 +233,7 @@ def start_cmd(config_path: Path, miner: str, frequency: float | None, core_volta
 
 @session.command("end")
 @_config_option
-@click.option("--miner", default=None, help="end only this miner's session (default: all open sessions)")
+@click.option("--miner", "-m", default=None, help="end only this miner's session (default: all open sessions)")
 def end_cmd(config_path: Path, miner: str | None) -> None:
     """End the open session(s)."""
     cfg = _load(config_path)
@@ -245,7 +245,7 @@ def end_cmd(config_path: Path, miner: str | None) -> None:
 
 @session.command("list")
 @_config_option
-@click.option("--miner", default=None, help="only this miner")
+@click.option("--miner", "-m", default=None, help="only this miner")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_cmd(config_path: Path, miner: str | None, as_json: bool) -> None:
     """List sessions, oldest first."""
@@ -255,7 +255,9 @@ def list_cmd(config_path: Path, miner: str | None, as_json: bool) -> None:
         click.echo(json.dumps([s.as_json() for s in sessions], indent=2))
         return
     if not sessions:
-        click.echo("no sessions")
+        db = cfg.sqlite.path if cfg.sqlite is not None and cfg.influxdb is None else None
+        click.echo("no sessions" + (f" ({db} does not exist yet; is --config the bridge's config, and has the "
+                                    "bridge run?)" if db is not None and not db.exists() else ""))
         return
     click.echo(f"{'session':<36} {'miner':<14} {'clock':<10} {'start (UTC)':<20} {'duration':<9} notes")
     for s in sessions:

@@ -360,6 +360,6 @@ def open_source(source: str | None, config_path: str | None) -> Store:
     default = Path("data/bitaxe.db")
     if default.exists():
         return SqliteStore(default)
-    raise StoreError("no store given: pass --source sqlite:PATH or influxdb:URL/DATABASE, or --config "
-                     "config.yaml (the bridge's)")
+    raise StoreError("no store given, and no data/bitaxe.db (the bridge's default) here: pass --source "
+                     "sqlite:PATH or influxdb:URL/DATABASE, or --config config.yaml (the bridge's)")
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from bridge import __version__
 from bridge.config import BridgeConfig, ConfigError, load_config, parse_config
 
 log = logging.getLogger("bitaxe.cli")
@@ -37,7 +38,7 @@ def _load(path: str) -> BridgeConfig:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="bitaxe-bridge")
+@click.version_option(__version__, prog_name="bitaxe-bridge")
 def main() -> None:
     """Bridge Bitaxe (ESP-Miner / AxeOS) miners to MQTT + Home Assistant and InfluxDB / SQLite.
 
@@ -47,7 +48,7 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(short_help="Poll the miners and feed MQTT / storage until stopped.")
 @click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="The bridge's YAML config file.")
 @click.option("--log-level", default=None, type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -57,9 +58,41 @@ def main() -> None:
 def run(config_path: str, log_level: str | None, log_readings: bool) -> None:
     """Poll every miner and feed MQTT / storage until SIGINT or SIGTERM."""
     cfg = _load(config_path)
+    _prepare_paths(cfg)
     _setup_logging(log_level or cfg.log_level)
     log.info("bitaxe-bridge: %d miners every %g s (config %s)", len(cfg.miners), cfg.poll_interval, config_path)
     asyncio.run(_run(cfg, log_readings))
+
+
+def _prepare_paths(cfg: BridgeConfig) -> None:
+    """Create the directories the bridge writes to and open its SQLite file now, so a bad path is one line
+    naming its field instead of a traceback from inside the running bridge."""
+    dirs: list[tuple[str, Path]] = []
+    if cfg.sqlite is not None:
+        dirs.append(("sqlite.path", cfg.sqlite.path.parent))
+    if cfg.influxdb is not None:
+        dirs.append(("influxdb.spool_dir", cfg.influxdb.spool_dir))
+    if cfg.health_file is not None:
+        dirs.append(("health_file", cfg.health_file.parent))
+    problems = []
+    for field, d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problems.append(f"{field}: cannot create directory {d} ({exc.strerror or exc}); "
+                            "choose a writable path")
+    if cfg.sqlite is not None and not problems:
+        import sqlite3
+
+        from bridge.store.sqlite import SqliteStore
+
+        try:
+            SqliteStore.open(cfg.sqlite.path).close()
+        except (sqlite3.Error, OSError) as exc:
+            problems.append(f"sqlite.path: cannot use {cfg.sqlite.path} as the bridge's database ({exc}); "
+                            "point it at a new file or an existing bitaxe-bridge database")
+    if problems:
+        raise click.ClickException("config is not usable:\n" + "\n".join(problems))
 
 
 async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = None,
@@ -69,11 +102,14 @@ async def _run(cfg: BridgeConfig, log_readings: bool, duration: float | None = N
     await run_until_stopped(cfg, log_readings=log_readings, duration=duration, tour_every=tour_every)
 
 
-@main.command("check-config")
+@main.command("check-config", short_help="Validate a config file and test its connections.")
 @click.argument("config_path", default="config.yaml", type=click.Path(dir_okay=False))
+@click.option("--config", "-c", "config_opt", default=None, type=click.Path(dir_okay=False),
+              help="The config file, like `run --config` (instead of CONFIG_PATH).")
 @click.option("--offline", is_flag=True, help="Only validate the file; don't contact miners or servers.")
-def check_config(config_path: str, offline: bool) -> None:
+def check_config(config_path: str, config_opt: str | None, offline: bool) -> None:
     """Validate CONFIG_PATH (default ./config.yaml) and test the connections it names."""
+    config_path = config_opt or config_path
     cfg = _load(config_path)
     click.echo(f"{config_path}: valid — {len(cfg.miners)} miner(s), poll every {cfg.poll_interval:g} s")
     click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")
@@ -142,10 +178,11 @@ def _server_checks(cfg: BridgeConfig) -> list[tuple[str, Any]]:
     return checks
 
 
-@main.command()
+@main.command(short_help="Exit 0 if the running bridge's heartbeat is fresh (Docker healthcheck).")
 @click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="Config whose health_file to read.")
-@click.option("--max-age", default=None, type=float, help="Seconds; default 3 poll intervals + 10.")
+@click.option("--max-age", default=None, type=float,
+              help="Oldest acceptable heartbeat, seconds  [default: 3 × poll_interval + 10].")
 def health(config_path: str, max_age: float | None) -> None:
     """Exit 0 if the running bridge wrote its heartbeat recently (Docker HEALTHCHECK)."""
     import json
@@ -158,14 +195,18 @@ def health(config_path: str, max_age: float | None) -> None:
         status = json.loads(cfg.health_file.read_text())
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"no heartbeat at {cfg.health_file} ({exc}); is the bridge running?") from None
-    age = time.time() - float(status.get("time", 0))
+    when = status.get("time") if isinstance(status, dict) else None
+    if not isinstance(when, int | float):
+        raise click.ClickException(f"{cfg.health_file} is not a bitaxe-bridge heartbeat (no numeric \"time\"); "
+                                   "does health_file point at another file?")
+    age = time.time() - float(when)
     limit = max_age if max_age is not None else 3 * cfg.poll_interval + 10
     click.echo(f"heartbeat {age:.1f} s old; {status.get('online')}/{status.get('miners')} miners online")
     if age > limit:
         raise click.ClickException(f"heartbeat is {age:.0f} s old (limit {limit:.0f} s): the bridge is stuck or down")
 
 
-@main.command()
+@main.command(short_help="Run the bridge against a simulated fleet (no hardware needed).")
 @click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="How many simulated miners (boards and firmware versions cycle).")
 @click.option("--duration", default=None, type=click.FloatRange(min=1),
@@ -173,9 +214,9 @@ def health(config_path: str, max_age: float | None) -> None:
 @click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
               help="Poll interval, seconds.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Where the demo's SQLite store goes (data-dir/demo.db).")
+              help="Where the demo writes its SQLite store (DATA_DIR/demo.db) and heartbeat (health.json).")
 @click.option("--mqtt", "mqtt_addr", default=None, metavar="HOST:PORT",
-              help="Also publish to this MQTT broker (with Home Assistant discovery).")
+              help="Also publish to this MQTT broker (with Home Assistant discovery); port 1883 if left out.")
 @click.option("--time-scale", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Simulated seconds per real second (thermal lag plays out faster).")
 @click.option("--tour", "tour_every", default=120.0, show_default=True, type=click.FloatRange(min=0),
@@ -187,13 +228,20 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
 
     Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
     `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 5s --min-warmup 20s --out report/`
-    (the simulated clock runs TIME_SCALE times faster, so warm-ups are that much shorter).
+    (the simulated clock runs TIME_SCALE times faster: warm-ups are that much shorter, and uptime
+    advances that much faster, which longer bins would read as restarts).
     """
+    mqtt = parse_broker(mqtt_addr) if mqtt_addr else None
+    try:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot create {data_dir} ({exc.strerror or exc}); choose a writable directory",
+                                 param_hint="--data-dir") from None
     _setup_logging("INFO")
-    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt_addr, time_scale, tour_every))
+    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every))
 
 
-async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt_addr: str | None,
+async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt: tuple[str, int] | None,
                 time_scale: float, tour_every: float) -> None:
     from simulator.server import Fleet, SimMinerSpec
 
@@ -202,16 +250,34 @@ async def _demo(n: int, duration: float | None, interval: float, data_dir: Path,
     async with Fleet(specs, time_scale=time_scale) as fleet:
         for spec, url in zip(specs, fleet.urls, strict=True):
             click.echo(f"simulated {spec.board:<10} firmware {spec.firmware:<7} at {url}", err=True)
-        raw: dict[str, Any] = {
-            "miners": [{"name": s.name, "host": h} for s, h in zip(specs, fleet.hosts, strict=True)],
-            "poll_interval": interval,
-            "sqlite": {"path": str(data_dir / "demo.db")},
-        }
-        if mqtt_addr:
-            host, _, port = mqtt_addr.rpartition(":")
-            raw["mqtt"] = {"host": host or "localhost", "port": int(port or 1883)}
-        cfg = parse_config(raw, "demo")
+        names = [s.name or f"sim-{i + 1}" for i, s in enumerate(specs)]
+        cfg = demo_config(names, fleet.hosts, interval, data_dir, mqtt)
         await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
+
+
+def parse_broker(addr: str) -> tuple[str, int]:
+    """`HOST`, `HOST:PORT` or `:PORT` (localhost) for `demo --mqtt`; port 1883 when left out."""
+    host, sep, port = addr.strip().rpartition(":")
+    if not sep:
+        host, port = port, "1883"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f'"{addr}" has port "{port}"; write HOST:PORT, e.g. localhost:1883',
+                                 param_hint="--mqtt")
+    return host or "localhost", int(port)
+
+
+def demo_config(names: list[str], hosts: list[str], interval: float, data_dir: Path,
+                mqtt: tuple[str, int] | None) -> BridgeConfig:
+    """The demo's bridge config: everything it writes (store, heartbeat) goes under data_dir."""
+    raw: dict[str, Any] = {
+        "miners": [{"name": n, "host": h} for n, h in zip(names, hosts, strict=True)],
+        "poll_interval": interval,
+        "sqlite": {"path": str(data_dir / "demo.db")},
+        "health_file": str(data_dir / "health.json"),
+    }
+    if mqtt is not None:
+        raw["mqtt"] = {"host": mqtt[0], "port": mqtt[1]}
+    return parse_config(raw, "demo")
 
 
 if __name__ == "__main__":

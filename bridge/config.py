@@ -59,6 +59,20 @@ class MqttConfig(_Strict):
     discovery: bool = True
     keepalive: int = Field(30, ge=5, le=3600)
 
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        # Checked here: a missing bundle would otherwise only fail deep inside the MQTT reconnect loop.
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f'"{v}" is not a file; give the path of the PEM bundle of the broker\'s CA')
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> MqttConfig:
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file is only used with TLS; set tls: true (or remove ca_file)")
+        return self
+
 
 class SqliteConfig(_Strict):
     path: Path = Path("data/bitaxe.db")
@@ -105,7 +119,7 @@ class SafetyConfig(_Strict):
     allow_custom_clocks: bool = False  # accept values off the board's option lists, up to the maxima
     min_input_voltage: float | None = Field(None, gt=0, description="V; below it the miner is stepped down")
     hysteresis: float = Field(5, ge=0, le=30, description="°C below the limit before raising is allowed")
-    min_command_interval: float = Field(10, ge=0, description="s between clock commands per miner")
+    min_command_interval: float = Field(10, ge=0, description="s between commands per miner")
 
     @model_validator(mode="after")
     def _custom(self) -> SafetyConfig:
@@ -132,6 +146,11 @@ class BridgeConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v  # `info` like `run --log-level info`
 
     @model_validator(mode="after")
     def _unique(self) -> BridgeConfig:
@@ -162,8 +181,15 @@ _FIXES = {
     "less_than_equal": "lower it",
     "greater_than": "raise it",
     "less_than": "lower it",
-    "string_pattern_mismatch": "use letters, digits, '-' or '_'",
     "too_short": "add at least one entry",
+}
+
+# Field patterns in words: pydantic's "should match pattern '^…$'" tells a user nothing.
+_PATTERNS = {
+    NAME_RE: ("must start with a letter or digit, then letters, digits, '-' or '_' (at most 64)",
+              "rename it, e.g. garage-1"),
+    r"^https?://": ("must be a URL starting with http:// or https://", "write e.g. http://influxdb.lan:8086"),
+    r"^[^#+\s]+$": ("must not contain '#', '+' or spaces (MQTT wildcards)", "remove them"),
 }
 
 
@@ -212,6 +238,8 @@ def parse_config(data: Any, source: str = "config") -> BridgeConfig:
             got = err.get("input")
             shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "string_pattern_mismatch":
+                msg, fix = _PATTERNS.get(str((err.get("ctx") or {}).get("pattern")), (msg, ""))
             lines.append(f"{source}: {_loc(tuple(loc))}: {msg}{shown}" + (f"; {fix}" if fix else ""))
         raise ConfigError("\n".join(lines)) from None
 

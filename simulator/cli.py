@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from bridge import __version__
 from bridge.boards import BOARDS
 from simulator.faults import parse_fault
 from simulator.firmware import VERSIONS, resolve_version
@@ -75,6 +76,7 @@ async def serve(specs: list[SimMinerSpec], host: str, base_port: int, time_scale
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="bitaxe-sim")
 @click.option("--miners", "-n", default=1, show_default=True, type=click.IntRange(1, 5000),
               help="Number of simulated miners.")
 @click.option("--base-port", "-p", default=4000, show_default=True, type=click.IntRange(0, 65535),

@@ -82,6 +82,10 @@ def parse_fault(text: str | dict[str, Any] | Fault) -> Fault:
         values = {k: float(v) for k, v in params.items()}
     except (TypeError, ValueError):
         raise ValueError(f'fault "{kind}" parameters must be numbers: {params}') from None
+    for key, v in values.items():
+        if not (0 <= v <= 1 if key == "probability" else v >= 0):
+            limit = "between 0 and 1" if key == "probability" else "0 or more (seconds, or GH/s for spike)"
+            raise ValueError(f'fault "{kind}": {key}={v:g} must be {limit}')
     return Fault(kind, **values)
 
 

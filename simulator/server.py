@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -295,8 +296,10 @@ class Fleet:
             await site.start()
         except OSError as exc:
             sock.close()
+            fix = ("use an address of this machine as --host, e.g. 127.0.0.1"
+                   if exc.errno == errno.EADDRNOTAVAIL else "pick another --base-port")
             raise OSError(exc.errno, f"simulated miner {m.index} ({m.name}): cannot listen on "
-                          f"{self.host}:{port}: {exc.strerror}; pick another --base-port") from None
+                          f"{self.host}:{port}: {exc.strerror}; {fix}") from None
         m.port = sock.getsockname()[1]
         self._by_port[m.port] = m
         self._sites[m.index] = site

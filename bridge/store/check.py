@@ -85,6 +85,11 @@ async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
         raise StoreCheckError(f"InfluxDB at {cfg.url} refused the credentials (HTTP {status}); check "
                               "influxdb.token (2.x/3.x: an API token with write access to the bucket) or "
                               "influxdb.username/password (1.8)")
+    if status == 404 and text.strip().startswith("404 page not found"):
+        # Go's plain "page not found": the server has no /api/v2/write at all, unlike 2.x's JSON
+        # "bucket not found". InfluxDB before 1.8 only has /write.
+        raise StoreCheckError(f"InfluxDB {version} at {cfg.url} has no v2 write API (/api/v2/write: HTTP 404); "
+                              "for InfluxDB older than 1.8 set influxdb.api: v1 (with database)")
     if status == 404:
         raise StoreCheckError(
             f"InfluxDB at {cfg.url}: {text[:200] or 'not found'} (HTTP 404); create the bucket with "

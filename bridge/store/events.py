@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,7 +69,11 @@ async def write_events(cfg: BridgeConfig, events: Sequence[Event]) -> list[str]:
 async def read_events(cfg: BridgeConfig, kinds: Sequence[str], miner: str | None = None) -> list[Event]:
     """Events of the given kinds, oldest first."""
     if cfg.sqlite is not None and cfg.sqlite.path.exists():
-        return await asyncio.to_thread(_read_sqlite, cfg, kinds, miner)
+        try:
+            return await asyncio.to_thread(_read_sqlite, cfg, kinds, miner)
+        except sqlite3.Error as exc:
+            raise EventStoreError(f"SQLite {cfg.sqlite.path}: {exc}; is sqlite.path the bridge's database?") \
+                from None
     if cfg.influxdb is not None:
         return await _read_influx(cfg.influxdb, kinds, miner)
     if cfg.sqlite is not None:

@@ -56,6 +56,8 @@ class WriteError(Exception):
     def fix(self) -> str:
         if self.status in (401, 403):
             return "check influxdb.token (2.x/3.x) or influxdb.username/password (1.x) in config.yaml"
+        if self.status == 404 and self.detail.strip().startswith("404 page not found"):
+            return "this server has no v2 write API (InfluxDB older than 1.8): set influxdb.api: v1"
         if self.status == 404:
             return ("create the bucket (influx bucket create -n <bucket> -r 365d) or the database "
                     "(CREATE DATABASE <db>), or set influxdb.create_database: true with api: v1")
@@ -359,7 +361,7 @@ class InfluxSink:
         if self._failures == 1 or now - self._last_loud >= LOUD_EVERY:
             self._last_loud = now
             level = logging.ERROR if exc.kind == "config" else logging.WARNING
-            log.log(level, "%s; %s. %d point(s) kept in the spool (%s), retrying in %.0f s",
+            log.log(level, "%s; %s; %d point(s) kept in the spool (%s), retrying in %.0f s",
                     exc, exc.fix, self.spool.pending, self.spool.dir, delay)
         return delay
 

@@ -186,6 +186,25 @@ def test_errors_are_clear_and_nonzero(sqlite_db, args, message):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("args", [["report", "--out", "FILE/report"], ["export", "--out", "FILE/stats.csv"]])
+def test_unwritable_output_is_one_line(sqlite_db, tmp_path, args):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = [a.replace("FILE", str(a_file)) for a in args]
+    r = CliRunner().invoke(main, [*args, "--source", f"sqlite:{sqlite_db}"])
+    assert r.exit_code == 1
+    assert "choose another --out" in r.output and str(a_file) in r.output
+    assert not isinstance(r.exception, OSError)
+
+
+def test_export_json_flag_means_json(sqlite_db):
+    # --json is a common option; export used to accept it and still print CSV.
+    r = CliRunner().invoke(main, ["export", "--json", "--source", f"sqlite:{sqlite_db}"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert rows and "config" in rows[0]
+
+
 def test_unreachable_and_missing_stores(tmp_path):
     from tests.support.servers import free_port
 

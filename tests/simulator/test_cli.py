@@ -61,3 +61,18 @@ def test_asic_option_picks_the_single_chip_board() -> None:
     assert [s.board for s in specs] == ["Supra", "Supra"]
     assert [s.firmware for s in specs] == ["2.12.0", "2.12.0"]
     assert specs[1].faults == ("flapping:up=5,down=5",)
+
+
+def test_port_in_use_is_one_line_with_the_fix() -> None:
+    import socket
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "simulator.cli", "--base-port", str(port)],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=20)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert f"127.0.0.1:{port}" in r.stderr and "pick another --base-port" in r.stderr

@@ -127,3 +127,9 @@ async def test_offline_drops_connections_and_faults_from_the_spec(http: aiohttp.
             await info_raw(http, fleet.miners[0])
         # the request was still seen (tests use this to prove what a client sent)
         assert fleet.miners[0].request_counts[("GET", "/api/system/info")] >= 1  # aiohttp may retry once
+
+
+@pytest.mark.parametrize("text", ["flapping:up=-1", "spike:probability=1.5", "timeout:hang=-5"])
+def test_parse_fault_rejects_impossible_values(text: str) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        parse_fault(text)

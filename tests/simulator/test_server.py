@@ -42,12 +42,22 @@ async def test_each_miner_has_its_own_port_and_identity(http: aiohttp.ClientSess
 async def test_consecutive_ports_from_base_port(http: aiohttp.ClientSession) -> None:
     import socket
 
-    with socket.socket() as s:  # find a free range start
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1]
-    async with Fleet([SimMinerSpec(), SimMinerSpec()], base_port=base) as fleet:
-        assert fleet.hosts == [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
-        await get_json(http, fleet.miners[1], "/api/system/info")
+    for _attempt in range(5):  # base + 1 may be taken by another process meanwhile: try another range
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        try:
+            fleet = Fleet([SimMinerSpec(), SimMinerSpec()], base_port=base)
+            await fleet.start()  # closes itself when a port is taken
+        except OSError:
+            continue
+        try:
+            assert fleet.hosts == [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
+            await get_json(http, fleet.miners[1], "/api/system/info")
+        finally:
+            await fleet.close()
+        return
+    pytest.fail("no two consecutive free ports in 5 attempts")
 
 
 async def test_patch_applies_live_without_range_check(http: aiohttp.ClientSession) -> None:

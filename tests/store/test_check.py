@@ -42,6 +42,13 @@ async def test_unreachable_names_host_and_port() -> None:
         await check_influx(_v1(f"http://127.0.0.1:{port}", "x"))
 
 
+async def test_v2_config_against_a_1x_server_says_use_api_v1(influxdb1: InfluxDB1) -> None:
+    # InfluxDB 1.6 has no /api/v2/write; the advice used to be "create the bucket".
+    cfg = InfluxConfig.model_validate({"url": influxdb1.url, "database": "bitaxe", "timeout": 2})
+    with pytest.raises(StoreCheckError, match=r"no v2 write API.*influxdb\.api: v1"):
+        await check_influx(cfg)
+
+
 async def test_v2_api_ok(victoria: VictoriaMetrics) -> None:
     cfg = InfluxConfig.model_validate({"url": victoria.url, "token": "t", "org": "o", "bucket": "b"})
     assert "bucket 'b' writable" in await check_influx(cfg)
@@ -56,3 +63,12 @@ def test_build_store_sinks(tmp_path: Path) -> None:
     assert all(isinstance(s, Sink) for s in sinks)
     no_sqlite = parse_config({"miners": [{"name": "a", "host": "127.0.0.1"}], "sqlite": None})
     assert build_store_sinks(no_sqlite) == []
+
+
+def test_write_error_fix_tells_a_missing_endpoint_from_a_missing_bucket() -> None:
+    from bridge.store.influx import WriteError
+
+    no_api = WriteError("config", 404, "404 page not found\n", "InfluxDB http://127.0.0.1:8086")
+    assert "api: v1" in no_api.fix
+    no_bucket = WriteError("config", 404, '{"code":"not found","message":"bucket \\"b\\" not found"}', "x")
+    assert "create the bucket" in no_bucket.fix
