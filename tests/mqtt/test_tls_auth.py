@@ -163,8 +163,12 @@ async def test_wrong_password_retries_with_backoff_while_polling_goes_on(
 
 async def test_missing_ca_file_is_retried_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                    tls_broker: Mosquitto, certs: ServerCert) -> None:
-    ca = tmp_path / "mounted-later.pem"  # e.g. a secret that is not mounted yet
+    # The config check refuses a missing ca_file at start; this is the file vanishing afterwards
+    # (a secret remounted, a volume replaced): the bridge retries with the fix instead of dying.
+    ca = tmp_path / "remounted.pem"
+    ca.write_bytes(b"placeholder")
     bridge = MqttBridge(config(tls_broker.port, tls=True, ca_file=str(ca)))
+    ca.unlink()
     caplog.set_level(logging.WARNING, logger="bitaxe.mqtt")
     task = asyncio.create_task(bridge.run())
     try:
