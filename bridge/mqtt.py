@@ -213,6 +213,9 @@ class MqttBridge:
                 async with self._client() as client:
                     try:
                         await self._on_connect(client)
+                        # A cancellation aiomqtt swallowed in there would otherwise leave us waiting for
+                        # messages until the broker goes away.
+                        raise_if_cancelling()
                         self.connected.set()
                         self.connections += 1
                         backoff = 1.0
