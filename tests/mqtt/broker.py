@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import aiomqtt
+
+from bridge.mqtt import MqttBridge
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,18 @@ async def wait_retained(port: int, predicate: Callable[[dict[str, bytes]], objec
                 await asyncio.sleep(0.1)
     except TimeoutError:
         raise AssertionError(f"retained topics never matched; last snapshot: {sorted(snap)[:40]}") from None
+
+
+@contextlib.asynccontextmanager
+async def running(bridge: MqttBridge) -> AsyncIterator[MqttBridge]:
+    """The bridge's MQTT sink connected for the body of the block, then cancelled and closed."""
+    task = asyncio.create_task(bridge.run())
+    try:
+        async with asyncio.timeout(15):
+            await bridge.connected.wait()
+        yield bridge
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bridge.aclose()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from bridge.discovery import MinerIdentity, Topics, miner_discovery
 from bridge.metrics import METRICS
 from bridge.mqtt import MqttBridge, check_mqtt
 from bridge.reading import Event
-from tests.mqtt.broker import Watcher, retained, wait_retained
+from tests.mqtt.broker import Watcher, retained, running, wait_retained
 from tests.mqtt.readings import reading
 from tests.support.servers import Mosquitto
 
@@ -34,20 +32,6 @@ def config(port: int, miners: tuple[str, ...] = ("garage-1", "shed-2"), **mqtt: 
         "miners": [{"name": n, "host": f"127.0.0.1:{9000 + i}"} for i, n in enumerate(miners)],
         "mqtt": {"host": "127.0.0.1", "port": port, **mqtt},
     })
-
-
-@contextlib.asynccontextmanager
-async def running(bridge: MqttBridge) -> AsyncIterator[MqttBridge]:
-    task = asyncio.create_task(bridge.run())
-    try:
-        async with asyncio.timeout(15):
-            await bridge.connected.wait()
-        yield bridge
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bridge.aclose()
 
 
 def discovery_of(r: Any) -> set[str]:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from bridge.config import BridgeConfig, MqttConfig, parse_config
 from bridge.daemon import Bridge, make_session
 from bridge.mqtt import MqttBridge, check_mqtt
 from bridge.reading import Event
-from tests.mqtt.broker import Watcher
+from tests.mqtt.broker import Watcher, running
 from tests.mqtt.readings import reading
 from tests.support.certs import ServerCert, make_ca, make_server_cert
 from tests.support.fixture_miner import FixtureMiner
@@ -51,20 +51,6 @@ def auth_broker(tmp_path: Path) -> Iterator[Mosquitto]:
 def config(port: int, **mqtt: Any) -> BridgeConfig:
     return parse_config({"miners": [{"name": "garage-1", "host": "127.0.0.1:1"}],
                          "mqtt": {"host": "127.0.0.1", "port": port, **mqtt}})
-
-
-@contextlib.asynccontextmanager
-async def running(bridge: MqttBridge) -> AsyncIterator[MqttBridge]:
-    task = asyncio.create_task(bridge.run())
-    try:
-        async with asyncio.timeout(15):
-            await bridge.connected.wait()
-        yield bridge
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bridge.aclose()
 
 
 async def test_tls_with_private_ca_publishes_state(tls_broker: Mosquitto, certs: ServerCert) -> None:
