@@ -84,15 +84,18 @@ class SqliteStore:
             return "NULL"  # an older schema without this metric: the value is missing, not zero
         return f'{agg}("{key}")' if agg else f'"{key}"'
 
+    @staticmethod
+    def _time_range(miner: str | None, since: float | None, until: float | None) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = ["1=1"]
+        args: list[Any] = []
+        for clause, value in (("miner = ?", miner), ("time >= ?", since), ("time < ?", until)):
+            if value is not None:
+                clauses.append(clause)
+                args.append(value)
+        return clauses, args
+
     def _where(self, miner: str, since: float | None, until: float | None) -> tuple[str, list[Any]]:
-        clauses: list[str] = ["miner = ?"]
-        args: list[Any] = [miner]
-        if since is not None:
-            clauses.append("time >= ?")
-            args.append(since)
-        if until is not None:
-            clauses.append("time < ?")
-            args.append(until)
+        clauses, args = self._time_range(miner, since, until)
         if IMPLAUSIBLE in self.columns:
             clauses.append(f"COALESCE({IMPLAUSIBLE}, 0) = 0")
         return " AND ".join(clauses), args
@@ -126,17 +129,7 @@ class SqliteStore:
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         if not self.has_events:
             return []
-        clauses: list[str] = ["1=1"]
-        args: list[Any] = []
-        if miner is not None:
-            clauses.append("miner = ?")
-            args.append(miner)
-        if since is not None:
-            clauses.append("time >= ?")
-            args.append(since)
-        if until is not None:
-            clauses.append("time < ?")
-            args.append(until)
+        clauses, args = self._time_range(miner, since, until)
         rows = self._query("SELECT time, miner, kind, message, data FROM events WHERE "
                            f"{' AND '.join(clauses)} ORDER BY time", args)
         return [EventRow(r[1], float(r[0]), r[2], r[3] or "", _json_obj(r[4])) for r in rows]
