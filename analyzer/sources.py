@@ -267,7 +267,10 @@ class InfluxStore:
 
     def span(self, miner: str) -> tuple[float, float] | None:
         m = f"FROM {_q(self.measurement)} WHERE miner = {_s(miner)}"
-        found = self.query(f"SELECT FIRST(hashrate) {m}; SELECT LAST(hashrate) {m}")
+        # Every reading has one of the two: hashrate (older bridges always wrote it), or the flag (this
+        # bridge writes it always, and drops a hashrate that is out of range).
+        found = self.query("; ".join(f"SELECT {fn}({_q(k)}) {m}" for fn in ("FIRST", "LAST")
+                                     for k in ("hashrate", IMPLAUSIBLE)))
         times = [float(s.values[0][0]) / 1000.0 for s in found if s.values]
         return (min(times), max(times)) if times else None
 

@@ -32,6 +32,8 @@ def history() -> tuple[Samples, np.ndarray]:
     flags[: len(samples) // 3] = np.nan  # written without the field
     flags[250::41] = 1  # isolated spikes, in the middle of bins
     flags[RUN] = 1
+    flags[-1] = 1  # the newest reading: flagged, its hashrate dropped as out of range
+    samples.fields["hashrate"][-1] = np.nan
     return samples, flags
 
 
