@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
-from analyzer.data import Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
+from analyzer.data import CHANGE_KINDS, Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
 from bridge.store.sqlite import open_readonly
 
 AGG_MEANS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
@@ -28,6 +28,7 @@ class StoreError(Exception):
 
 class Store(Protocol):
     name: str
+    chunk_s: float  # how much history one bins() query should cover when a history is streamed
 
     def miners(self) -> list[str]: ...
 
@@ -43,6 +44,15 @@ class Store(Protocol):
 
     def span(self, miner: str) -> tuple[float, float] | None:
         """Time of the first and the last reading of the miner, None when it has none."""
+        ...
+
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        """A token describing the miner's readings and change events before `before`, for `changed`."""
+        ...
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        """The earliest time before `before` at which the miner's readings or change events differ from
+        when `mark` was taken: math.inf when nothing changed, -math.inf when the store cannot tell."""
         ...
 
     def close(self) -> None: ...
@@ -68,6 +78,8 @@ def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) ->
 # --------------------------------------------------------------------------------------------- SQLite
 class SqliteStore:
     """The bridge's embedded store (SCHEMA.md), opened read-only so a running bridge is never disturbed."""
+
+    chunk_s = 86400.0
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -150,6 +162,33 @@ class SqliteStore:
                            args)
         return samples_from_rows(miner, rows)
 
+    def _last_row(self, table: str) -> list[Any]:
+        row = self._query(f"SELECT rowid, miner, time FROM {table} ORDER BY rowid DESC LIMIT 1", [])
+        return list(row[0]) if row else [0, None, None]
+
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        # The bridge only appends: a reading or event stored later has a larger rowid than any before.
+        return {"readings": self._last_row("readings"), "events": self._last_row("events") if self.has_events
+                else [0, None, None]}
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        earliest = math.inf
+        for table, extra in (("readings", ""), ("events", f" AND kind IN ({_kinds()})")):
+            if table == "events" and not self.has_events:
+                continue
+            rowid, who, when = mark[table]
+            if rowid:
+                # VACUUM may renumber rowids of a table without an INTEGER PRIMARY KEY: then nothing can
+                # be told from them.
+                row = self._query(f"SELECT miner, time FROM {table} WHERE rowid = ?", [rowid])
+                if not row or list(row[0]) != [who, when]:
+                    return -math.inf
+            (t,), = self._query(f"SELECT MIN(time) FROM {table} WHERE rowid > ? AND miner = ? AND time < ?"
+                                f"{extra}", [rowid, miner, before])
+            if t is not None:
+                earliest = min(earliest, float(t))
+        return earliest
+
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         if not self.has_events:
             return []
@@ -160,6 +199,10 @@ class SqliteStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _kinds() -> str:
+    return ", ".join(f"'{k}'" for k in sorted(CHANGE_KINDS))
 
 
 def _json_obj(text: Any) -> dict[str, Any]:
@@ -196,6 +239,11 @@ class InfluxStore:
     """
 
     concurrent = True  # one HTTP request per call: safe to query several miners from threads
+    chunk_s = 7 * 86400.0
+    # InfluxDB keeps no insertion order: late points (the bridge's spool replaying an outage) are found by
+    # counting per hour over this much time before the saved watermark. The spool holds ~2 days of 10
+    # miners at its default size; data changed earlier than this is not noticed (--rebuild).
+    verify_s = 7 * 86400.0
 
     def __init__(self, url: str, database: str, *, username: str | None = None,
                  password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
@@ -350,6 +398,30 @@ class InfluxStore:
                     row = tuple(None if i is None else v[i] for i in idx)
                     rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
         return rows
+
+    def _hourly(self, miner: str, before: float) -> dict[str, list[int]]:
+        where = self._where(miner, before - self.verify_s, before)
+        q = (f"SELECT COUNT(hashrate), COUNT({_q(IMPLAUSIBLE)}) FROM {_q(self.measurement)} WHERE {where} "
+             f"GROUP BY time(1h) fill(none); SELECT COUNT(message) FROM {_q(self.event_measurement)} WHERE "
+             f"{where} AND ({' OR '.join(f'kind = {_s(k)}' for k in sorted(CHANGE_KINDS))}) "
+             f"GROUP BY time(1h) fill(none)")
+        out: dict[str, list[int]] = {}
+        for series in self.query(q):
+            for v in series.values:
+                counts = out.setdefault(str(int(v[0])), [0, 0, 0])
+                for i, x in enumerate(v[1:]):
+                    counts[series.statement * 2 + i] += int(x or 0)
+        return out
+
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        return {"before": before, "hours": self._hourly(miner, before)}
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        then: dict[str, list[int]] = mark["hours"]
+        now = self._hourly(miner, float(mark["before"]))
+        lo = (float(mark["before"]) - self.verify_s) * 1000.0
+        diff = [float(h) / 1000.0 for h in {*then, *now} if then.get(h) != now.get(h) and float(h) >= lo]
+        return min(diff, default=math.inf)
 
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples:
         rng = self._range(miner, since, until)

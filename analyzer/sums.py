@@ -64,35 +64,40 @@ class Moments:
     cnt: np.ndarray = field(default_factory=lambda: np.zeros(MAX_LAG + 1))
     pw: float = 0.0  # Σw over bins with a value and a weight: the mean without batches
     pwx: float = 0.0
+    sizes: dict[int, int] = field(default_factory=dict)  # pieces per size: maxm again after a removal
 
     def __post_init__(self) -> None:
         if self.p.size != self.lags + 1:
             self.p, self.ab, self.cnt = (np.zeros(self.lags + 1) for _ in range(3))
 
-    def add(self, x: np.ndarray, w: np.ndarray) -> None:
+    def add(self, x: np.ndarray, w: np.ndarray, sign: int = 1) -> None:
+        """A piece's values (sign −1: take a piece added before out again)."""
         have = ~np.isnan(x)
         if not have.any():
             return
         if math.isnan(self.c):
             self.c = float(x[have][0])
         ok = have & (w > 0)
-        self.pw += float(w[ok].sum())
-        self.pwx += float((w[ok] * (x[ok] - self.c)).sum())
+        self.pw += sign * float(w[ok].sum())
+        self.pwx += sign * float((w[ok] * (x[ok] - self.c)).sum())
         y = x[have] - self.c
         m = y.size
         if m < 2:
             return
         k = min(m - 1, self.lags)
-        self.pieces += 1
-        self.m += m
+        self.pieces += sign
+        self.m += sign * m
         total = float(y.sum())
-        self.s += total
-        self.maxm = max(self.maxm, m)
-        self.p[: k + 1] += lag_products(y, k)
+        self.s += sign * total
+        self.sizes[m] = self.sizes.get(m, 0) + sign
+        if not self.sizes[m]:
+            del self.sizes[m]
+        self.maxm = max(self.sizes, default=0)
+        self.p[: k + 1] += sign * lag_products(y, k)
         first = np.concatenate([[0.0], np.cumsum(y[:k])])
         last = np.concatenate([[0.0], np.cumsum(y[::-1][:k])])
-        self.ab[: k + 1] += 2.0 * total - first - last
-        self.cnt[: k + 1] += m - np.arange(k + 1)
+        self.ab[: k + 1] += sign * (2.0 * total - first - last)
+        self.cnt[: k + 1] += sign * (m - np.arange(k + 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,7 @@ class BatchSums:
     m: int = 0
     v: np.ndarray = field(default_factory=lambda: np.zeros(5))
 
-    def add(self, x: np.ndarray, w: np.ndarray, c: float) -> None:
+    def add(self, x: np.ndarray, w: np.ndarray, c: float, sign: int = 1) -> None:
         edges = batch_edges(x.size, self.b)
         ok = ~np.isnan(x) & (w > 0)
         wt = _reduce(w, edges)
@@ -159,9 +164,9 @@ class BatchSums:
         good = (den > 0) & (wt > 0)
         xm = num[good] / den[good]
         wg = wt[good]
-        self.m += int(good.sum())
-        self.v += np.asarray([wg.sum(), (wg * xm).sum(), (wg * wg).sum(), (wg * wg * xm).sum(),
-                              (wg * wg * xm * xm).sum()])
+        self.m += sign * int(good.sum())
+        self.v += sign * np.asarray([wg.sum(), (wg * xm).sum(), (wg * wg).sum(), (wg * wg * xm).sum(),
+                                     (wg * wg * xm * xm).sum()])
 
 
 @dataclass
@@ -172,7 +177,7 @@ class RatioSums:
     m: int = 0
     v: np.ndarray = field(default_factory=lambda: np.zeros(6))
 
-    def add_means(self, nx: np.ndarray, dx: np.ndarray, w: np.ndarray) -> None:
+    def add_means(self, nx: np.ndarray, dx: np.ndarray, w: np.ndarray, sign: int = 1) -> None:
         """Pair: batch means of power (num) and hashrate (den), each over the bins that have it."""
         edges = batch_edges(w.size, self.b)
         wt = _reduce(w, edges)
@@ -183,20 +188,20 @@ class RatioSums:
             num = _reduce(np.where(ok, w * np.nan_to_num(x), 0.0), edges)
             with np.errstate(invalid="ignore", divide="ignore"):
                 means.append(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
-        self._add(means[0], means[1], wt)
+        self._add(means[0], means[1], wt, sign)
 
-    def add_counts(self, rej: np.ndarray, acc: np.ndarray) -> None:
+    def add_counts(self, rej: np.ndarray, acc: np.ndarray, sign: int = 1) -> None:
         """Reject rate: rejected and all shares per batch, each batch weighted 1 (Σrej / Σshares)."""
         edges = batch_edges(rej.size, self.b)
         r = _reduce(np.nan_to_num(rej), edges)
         t = _reduce(np.nan_to_num(acc), edges) + r
-        self._add(r, t, np.ones_like(r))
+        self._add(r, t, np.ones_like(r), sign)
 
-    def _add(self, num: np.ndarray, den: np.ndarray, w: np.ndarray) -> None:
+    def _add(self, num: np.ndarray, den: np.ndarray, w: np.ndarray, sign: int) -> None:
         ok = ~np.isnan(num) & ~np.isnan(den) & (w > 0)
         n, d, ww = num[ok], den[ok], w[ok]
-        self.m += int(ok.sum())
-        self.v += np.asarray([ww.sum(), (ww * n).sum(), (ww * d).sum(), (ww * ww * n * n).sum(),
+        self.m += sign * int(ok.sum())
+        self.v += sign * np.asarray([ww.sum(), (ww * n).sum(), (ww * d).sum(), (ww * ww * n * n).sum(),
                               (ww * ww * n * d).sum(), (ww * ww * d * d).sum()])
 
 
@@ -219,20 +224,21 @@ class ConfigSums:
         for k in STEADY_KEYS:
             self.moments.setdefault(k, Moments(lags=self.lags))
 
-    def add(self, piece: Steady) -> None:
-        """A piece's bins: into the moments, and into the batch sums kept for their batch lengths."""
-        self.weight += float(piece.n.sum())
+    def add(self, piece: Steady, sign: int = 1) -> None:
+        """A piece's bins: into the moments, and into the batch sums kept for their batch lengths (sign −1:
+        out again, when the data under a counted piece changed)."""
+        self.weight += sign * float(piece.n.sum())
         for k in STEADY_KEYS:
-            self.moments[k].add(piece.mean[k], piece.n)
-        self.add_batches(piece)
+            self.moments[k].add(piece.mean[k], piece.n, sign)
+        self.add_batches(piece, sign)
 
-    def add_batches(self, piece: Steady) -> None:
+    def add_batches(self, piece: Steady, sign: int = 1) -> None:
         for k, bs in self.batch.items():
-            bs.add(piece.mean[k], piece.n, self.moments[k].c)
+            bs.add(piece.mean[k], piece.n, self.moments[k].c, sign)
         if self.pair is not None:
-            self.pair.add_means(piece.mean[PAIR[0]], piece.mean[PAIR[1]], piece.n)
+            self.pair.add_means(piece.mean[PAIR[0]], piece.mean[PAIR[1]], piece.n, sign)
         if self.reject is not None:
-            self.reject.add_counts(piece.shares[COUNTERS[1]], piece.shares[COUNTERS[0]])
+            self.reject.add_counts(piece.shares[COUNTERS[1]], piece.shares[COUNTERS[0]], sign)
 
     def reset_batches(self, batch: dict[str, int], pair: int | None, reject: int) -> None:
         """Empty batch sums for new batch lengths, to be refilled with add_batches from every piece."""
@@ -254,7 +260,8 @@ class ConfigSums:
         head: dict[str, object] = {"lags": self.lags, "weight": self.weight, "moments": {}, "batch": {}}
         arrays: list[np.ndarray] = []
         for k, mo in self.moments.items():
-            head["moments"][k] = [mo.c, mo.pieces, mo.m, mo.s, mo.maxm, mo.pw, mo.pwx]  # type: ignore[index]
+            head["moments"][k] = [mo.c, mo.pieces, mo.m, mo.s, mo.pw, mo.pwx,  # type: ignore[index]
+                                  sorted(mo.sizes.items())]
             arrays += [mo.p, mo.ab, mo.cnt]
         for k, bs in self.batch.items():
             head["batch"][k] = [bs.b, bs.m]  # type: ignore[index]
@@ -283,9 +290,10 @@ class ConfigSums:
 
         lags = int(head["lags"])
         out = cls(lags=lags, weight=float(head["weight"]))
-        for k, (c, pieces, m, s, maxm, pw, pwx) in head["moments"].items():
-            out.moments[k] = Moments(lags, float(c), int(pieces), int(m), float(s), int(maxm),
-                                     take(lags + 1), take(lags + 1), take(lags + 1), float(pw), float(pwx))
+        for k, (c, pieces, m, s, pw, pwx, sizes) in head["moments"].items():
+            counts = {int(a): int(b) for a, b in sizes}
+            out.moments[k] = Moments(lags, float(c), int(pieces), int(m), float(s), max(counts, default=0),
+                                     take(lags + 1), take(lags + 1), take(lags + 1), float(pw), float(pwx), counts)
         for k, (b, m) in head["batch"].items():
             out.batch[k] = BatchSums(int(b), int(m), take(5))
         for name in ("pair", "reject"):
