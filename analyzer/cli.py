@@ -25,7 +25,7 @@ from analyzer.analysis import (
     recommend,
 )
 from analyzer.columns import label, unit
-from analyzer.ledger import default_path
+from analyzer.ledger import LedgerError, default_path
 from analyzer.segments import WarmupPolicy
 from analyzer.sources import SqliteStore, Store, StoreError, open_source
 from analyzer.stats import ConfigStats, Difference, Estimate, Gates, difference
@@ -188,7 +188,7 @@ def run(kw: dict[str, Any], miner: str | None, *, since: float | None = None, un
                          gates=gates, fetch=kw["fetch"], cache=_cache(kw, store), progress=_progress)
         if not any(m.bins for m in result.miners.values()):
             raise Fail(_nothing_to_analyze(store, miner, miners, since, until))
-    except StoreError as exc:
+    except (StoreError, LedgerError) as exc:
         raise Fail(str(exc)) from None
     finally:
         store.close()

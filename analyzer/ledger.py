@@ -51,17 +51,40 @@ class Stream:
     mark: dict[str, Any]  # the store's token for "data before the watermark unchanged"
 
 
+class LedgerError(Exception):
+    """The analysis cache cannot be used; str() names the file and the fix."""
+
+
 class Ledger:
     """Read and write the cache; `transaction()` groups a run's writes."""
 
     def __init__(self, path: Path, source: str) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        with self.transaction():
-            self._schema(source)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._open(source)
+            except sqlite3.DatabaseError as exc:
+                if "not a database" not in str(exc) and "malformed" not in str(exc):
+                    raise
+                # A cache is only a cache: a damaged one is made again from the store.
+                for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                    p.unlink(missing_ok=True)
+                self._open(source)
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"analysis cache {path} cannot be used ({exc}); pass --cache off, or --cache with "
+                              "a writable file") from None
+
+    def _open(self, source: str) -> None:
+        self.db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            with self.transaction():
+                self._schema(source)
+        except sqlite3.Error:
+            self.db.close()
+            raise
 
     def _schema(self, source: str) -> None:
         c = self.db
