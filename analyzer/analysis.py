@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from analyzer.ledger import Ledger
+from analyzer.ledger import Ledger, miner_file
 from analyzer.segments import Segment, WarmupPolicy
 from analyzer.sources import Store
 from analyzer.stats import ConfigStats, Difference, Gates, difference
 from analyzer.stream import MinerStream
 
-QUERY_THREADS = 3  # concurrent per-miner queries against a database server
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -81,27 +80,27 @@ def analyze(store: Store, miners: list[str], *, since: float | None, until: floa
     """Every miner's segments and per-config statistics, one miner at a time.
 
     fetch="db": the database aggregates bins (GROUP BY); "raw": every reading is binned in numpy.
-    `cache`: the analysis cache file (analyzer/ledger.py); a run over the whole history (no since/until)
+    `cache`: the analysis cache directory (analyzer/ledger.py); a run over the whole history (no since/until)
     then reads only what is new since the last run. Without it, or for a time range, the run counts
     into a temporary cache that is deleted afterwards: memory stays bounded either way.
     """
     keep = cache is not None and since is None and until is None
     with tempfile.TemporaryDirectory(prefix="bitaxe-analyze-") as tmp:
-        path = cache if keep and cache is not None else Path(tmp) / "run.analysis"
+        path = cache if keep and cache is not None else Path(tmp)
+        workers = max(1, min(store.threads, len(miners)))
 
         def one(name: str) -> MinerAnalysis:
-            ledger = Ledger(path, store.name)
+            src = store.worker() if workers > 1 else store
+            ledger = Ledger(miner_file(path, name), store.name)
             try:
-                r = MinerStream(store, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
+                r = MinerStream(src, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
                     since, until, gates)
             finally:
                 ledger.close()
+                if src is not store:
+                    src.close()
             return MinerAnalysis(name, r.bins, r.segments, r.stats)
 
-        Ledger(path, store.name).close()  # create (or reset) the file once, before any thread opens it
-        # A server answers several miners' queries at once (each one mostly waits on the server);
-        # SQLite connections are single-threaded and local, so they are read one miner after another.
-        workers = min(QUERY_THREADS, len(miners)) if getattr(store, "concurrent", False) else 1
         out: dict[str, MinerAnalysis] = {}
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             pending = {name: pool.submit(one, name) for name in miners} if workers > 1 else {}

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -97,8 +98,8 @@ def common(fn: F) -> F:
         click.option("--min-hashrate", default=90.0, show_default=True, type=click.FloatRange(0, 100),
                      help="unstable below this % of the expected hashrate"),
         click.option("--cache", default="auto", show_default=True, metavar="auto|off|PATH",
-                     help="analysis cache: a run over the whole history reads only what is new since the last "
-                          "one (auto: <db>.analysis beside a SQLite store, else ~/.cache/bitaxe-analyze)"),
+                     help="analysis cache directory: a run over the whole history reads only what is new since "
+                          "the last one (auto: <db>.analysis beside a SQLite store, else ~/.cache/bitaxe-analyze)"),
         click.option("--rebuild", is_flag=True, help="delete the analysis cache first and read everything again"),
         click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout"),
     ]
@@ -120,13 +121,12 @@ def _cache(kw: dict[str, Any], store: Store) -> Path | None:
         return None
     path = Path(choice) if choice != "auto" else default_path(
         store.name, store.path if isinstance(store, SqliteStore) else None)
-    if kw["rebuild"]:
-        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            try:
-                p.unlink(missing_ok=True)
-            except OSError as exc:
-                raise Fail(f"cannot delete the analysis cache {p} ({exc.strerror or exc}); delete it by hand") \
-                    from None
+    if kw["rebuild"] and path.exists():
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise Fail(f"cannot delete the analysis cache {path} ({exc.strerror or exc}); delete it by hand") \
+                from None
     return path
 
 

@@ -1,8 +1,9 @@
 """The analysis cache: per miner and options, the saved segmenter, closed segments, steady bins and sums.
 
-A SQLite file of its own (never the bridge's database, so the bridge's writes never wait for it):
-next to a SQLite store as `<name>.analysis`, else in the user's cache directory. Everything a run
-adds before its watermark is one transaction, so an interrupted run leaves the previous state.
+A directory of its own (never the bridge's database, so the bridge's writes never wait for it): next
+to a SQLite store as `<name>.analysis/`, else in the user's cache directory; one SQLite file per miner,
+so miners analysed at the same time never wait for each other. Everything a run adds for a miner is
+one transaction: an interrupted run leaves the previous state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -33,11 +35,17 @@ _SEGMENT_FIELDS = tuple(f.name for f in fields(Segment))
 
 
 def default_path(source: str, sqlite_path: Path | None) -> Path:
-    """`<db>.analysis` beside a SQLite store when that directory is writable, else the user's cache dir."""
+    """`<db>.analysis/` beside a SQLite store when that directory is writable, else in the user's cache dir."""
     if sqlite_path is not None and os.access(sqlite_path.resolve().parent, os.W_OK):
         return sqlite_path.with_name(sqlite_path.name + ".analysis")
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bitaxe-analyze"
-    return base / (hashlib.sha256(source.encode()).hexdigest()[:20] + ".db")
+    return base / hashlib.sha256(source.encode()).hexdigest()[:20]
+
+
+def miner_file(cache: Path, miner: str) -> Path:
+    """The miner's file in a cache directory (names from other tools may hold any character)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", miner)[:48]
+    return cache / f"{safe}-{hashlib.sha256(miner.encode()).hexdigest()[:8]}.db"
 
 
 @dataclass

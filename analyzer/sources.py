@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -29,6 +30,11 @@ class StoreError(Exception):
 class Store(Protocol):
     name: str
     chunk_s: float  # how much history one bins() query should cover when a history is streamed
+    threads: int  # miners read at once, each through its own worker()
+
+    def worker(self) -> Store:
+        """A store for use from another thread (itself, when it is safe to share)."""
+        ...
 
     def miners(self) -> list[str]: ...
 
@@ -80,6 +86,8 @@ class SqliteStore:
     """The bridge's embedded store (SCHEMA.md), opened read-only so a running bridge is never disturbed."""
 
     chunk_s = 86400.0
+    # SQLite aggregates in the calling thread without the GIL: one connection per core reads miners at once.
+    threads = os.cpu_count() or 1
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -102,6 +110,10 @@ class SqliteStore:
         self.columns = cols
         ev = {r[1] for r in self.db.execute("PRAGMA table_info(events)")}
         self.has_events = bool(ev)
+        self._new_rows: dict[tuple[str, int], dict[str, float]] = {}
+
+    def worker(self) -> SqliteStore:
+        return SqliteStore(self.path)  # a connection belongs to one thread
 
     def _col(self, key: str, agg: str = "") -> str:
         if key not in self.columns:
@@ -131,7 +143,12 @@ class SqliteStore:
             raise StoreError(f"SQLite store {self.path}: query failed ({exc})") from None
 
     def miners(self) -> list[str]:
-        return sorted(r[0] for r in self._query("SELECT DISTINCT miner FROM readings", []))
+        # One index seek per miner (SELECT DISTINCT would walk every reading of a year).
+        out: list[str] = []
+        while rows := self._query("SELECT miner FROM readings WHERE miner > ? ORDER BY miner LIMIT 1",
+                                  [out[-1] if out else ""]):
+            out.append(rows[0][0])
+        return out
 
     def flagged(self, miner: str, since: float | None, until: float | None) -> int:
         if IMPLAUSIBLE not in self.columns:
@@ -142,7 +159,9 @@ class SqliteStore:
         return int(rows[0][0])
 
     def span(self, miner: str) -> tuple[float, float] | None:
-        (first, last), = self._query("SELECT MIN(time), MAX(time) FROM readings WHERE miner = ?", [miner])
+        # Two statements: SQLite answers a lone MIN or MAX from the (miner, time) index in one seek.
+        (first,), = self._query("SELECT MIN(time) FROM readings WHERE miner = ?", [miner])
+        (last,), = self._query("SELECT MAX(time) FROM readings WHERE miner = ?", [miner])
         return None if first is None else (float(first), float(last))
 
     def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
@@ -163,7 +182,7 @@ class SqliteStore:
         return samples_from_rows(miner, rows)
 
     def _last_row(self, table: str) -> list[Any]:
-        row = self._query(f"SELECT rowid, miner, time FROM {table} ORDER BY rowid DESC LIMIT 1", [])
+        row = self._query(f"SELECT rowid, miner, time FROM {table} WHERE rowid = (SELECT MAX(rowid) FROM {table})", [])
         return list(row[0]) if row else [0, None, None]
 
     def mark(self, miner: str, before: float) -> dict[str, Any]:
@@ -183,11 +202,19 @@ class SqliteStore:
                 row = self._query(f"SELECT miner, time FROM {table} WHERE rowid = ?", [rowid])
                 if not row or list(row[0]) != [who, when]:
                     return -math.inf
-            (t,), = self._query(f"SELECT MIN(time) FROM {table} WHERE rowid > ? AND miner = ? AND time < ?"
-                                f"{extra}", [rowid, miner, before])
-            if t is not None:
-                earliest = min(earliest, float(t))
+            t = self._added(table, extra, rowid).get(miner)
+            if t is not None and t < before:
+                earliest = min(earliest, t)
         return earliest
+
+    def _added(self, table: str, extra: str, rowid: int) -> dict[str, float]:
+        """Per miner, the oldest time among rows stored after `rowid` (one pass over them for all miners)."""
+        key = (table, rowid)
+        if key not in self._new_rows:
+            # "+miner", "time + 0": walk the new rows by rowid, not an index over the whole history.
+            self._new_rows[key] = {m: float(t) for m, t in self._query(
+                f"SELECT miner, MIN(time + 0) FROM {table} WHERE rowid > ?{extra} GROUP BY +miner", [rowid])}
+        return self._new_rows[key]
 
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         if not self.has_events:
@@ -238,7 +265,7 @@ class InfluxStore:
     Aggregation runs in the database (GROUP BY time(bin), config, firmware); only bins cross the wire.
     """
 
-    concurrent = True  # one HTTP request per call: safe to query several miners from threads
+    threads = 3  # one HTTP request per call; each mostly waits on the server
     chunk_s = 7 * 86400.0
     # InfluxDB keeps no insertion order: late points (the bridge's spool replaying an outage) are found by
     # counting per hour over this much time before the saved watermark. The spool holds ~2 days of 10
@@ -257,6 +284,9 @@ class InfluxStore:
         self.event_measurement = event_measurement
         self.timeout = timeout
         self._check()
+
+    def worker(self) -> InfluxStore:
+        return self
 
     def _check(self) -> None:
         res = self.query("SHOW MEASUREMENTS LIMIT 1")

@@ -15,6 +15,7 @@ import pytest
 
 from analyzer.analysis import Analysis, analyze
 from analyzer.data import Bins, EventRow, Samples, bin_samples
+from analyzer.ledger import miner_file
 from analyzer.segments import WarmupPolicy
 from analyzer.sources import InfluxStore, SqliteStore, Store
 from analyzer.stats import ConfigStats, Gates
@@ -220,7 +221,7 @@ def test_the_store_is_not_written_and_a_broken_cache_is_made_again(tmp_path: Pat
     before = db.read_bytes()
     ref = numbers(run(SqliteStore(db), cache).miners["rig-1"].stats)
     assert db.read_bytes() == before
-    cache.write_bytes(b"this is not a database" * 100)
+    miner_file(cache, "rig-1").write_bytes(b"this is not a database" * 100)
     assert_same(numbers(run(SqliteStore(db), cache).miners["rig-1"].stats), ref)
 
 
