@@ -48,6 +48,7 @@ class Wire:
 
     chunked: bool = False  # Transfer-Encoding chunked instead of Content-Length
     delay: float = 0.0  # wall seconds before the status line
+    body_delay: float = 0.0  # wall seconds between the headers and the body
     gaps: tuple[float, ...] = ()  # wall seconds between body pieces; the body is cut in len(gaps) + 1
     reset_at: float | None = None  # fraction of the body sent before the connection is reset
     size: int = 0  # pad a JSON body with whitespace to this many bytes
@@ -68,6 +69,7 @@ class Fault:
     gap: float = 0.05  # split: seconds between pieces (each drawn from gap/2 … 3·gap/2)
     chunked: float = 0  # split/reset/oversize: 1 = Transfer-Encoding chunked, 0 = Content-Length
     delay: float = 1.0  # slow_start: seconds before the status line
+    body_delay: float = 0.0  # slow_start: seconds between the headers and the body
     at: float = 0.5  # reset: fraction of the body sent before the reset
     idle: float = 0.0  # keepalive_close: seconds after an answer; 0 = as the next request arrives
     limit: float = 0  # sockets: open connections; 0 = the firmware's own (with its LRU setting)
@@ -214,7 +216,8 @@ class FaultSet:
         gaps = tuple(self._rng.uniform(split.gap / 2, split.gap * 1.5) for _ in range(int(split.pieces) - 1)) \
             if split else ()
         return Wire(chunked=any(f.chunked for f in (split, reset, over) if f), delay=slow.delay if slow else 0.0,
-                    gaps=gaps, reset_at=reset.at if reset else None, size=int(over.size) if over else 0)
+                    body_delay=slow.body_delay if slow else 0.0, gaps=gaps, reset_at=reset.at if reset else None,
+                    size=int(over.size) if over else 0)
 
     def closes_on_reuse(self) -> bool:
         """keepalive_close with idle=0: a request on a kept-alive connection meets the miner's close."""

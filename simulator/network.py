@@ -202,6 +202,8 @@ async def send(request: web.BaseRequest, response: web.Response, wire: Wire,
         await asyncio.sleep(wire.delay)
     await out.prepare(request)
     await out.write(b"")  # the status line and headers go out alone, as ESP-IDF's httpd sends them
+    if wire.body_delay:
+        await asyncio.sleep(wire.body_delay)
     end = len(body) if wire.reset_at is None else int(len(body) * wire.reset_at)
     count = len(wire.gaps) + 1
     cuts = [end * i // count for i in range(count + 1)]

@@ -71,6 +71,14 @@ async def test_slow_first_byte_past_the_timeout_is_a_timeout(fleet: Fleet) -> No
             await MinerClient(cfg.miners[0], s, cfg.http).read()
 
 
+async def test_headers_without_the_body_past_the_timeout_is_a_timeout(fleet: Fleet) -> None:
+    fleet.miners[0].set_fault("slow_start:delay=0,body_delay=5")
+    cfg = cfg_for(fleet, timeout=0.5)
+    async with make_session(cfg) as s:
+        with pytest.raises(MinerUnreachable, match=r"timed out after 0.5 s with 0 of \d+ bytes of the answer received"):
+            await MinerClient(cfg.miners[0], s, cfg.http).read()
+
+
 @pytest.mark.parametrize("chunked", [0, 1])
 async def test_a_trickle_slower_than_the_timeout_times_out(fleet: Fleet, chunked: int) -> None:
     sim = fleet.miners[0]

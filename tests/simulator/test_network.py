@@ -67,6 +67,19 @@ async def test_slow_start_delays_the_status_line(fleet: Fleet) -> None:
             assert r.status == 200 and (await r.json())["version"] == "v2.15.0"
 
 
+async def test_slow_start_can_hold_the_body_after_the_headers(fleet: Fleet) -> None:
+    miner = fleet.miners[0]
+    miner.set_fault("slow_start:delay=0,body_delay=0.5")
+    wire = await Wire.open(miner)
+    wire.send()
+    status, headers = await wire.head()
+    assert status == 200 and int(headers["content-length"]) > 1000
+    with pytest.raises(TimeoutError):  # headers now, the body half a second later
+        await asyncio.wait_for(wire.reader.read(1), 0.2)
+    assert json.loads((await wire.body(headers))[0])["hostname"] == miner.name
+    wire.close()
+
+
 @pytest.mark.parametrize("chunked", [0, 1])
 async def test_reset_part_way_through_the_body(fleet: Fleet, chunked: int) -> None:
     miner = fleet.miners[0]
