@@ -63,19 +63,15 @@ async def test_slow_first_byte_within_the_timeout_reads(fleet: Fleet) -> None:
     assert reading.board.device_model == "Gamma"
 
 
-async def test_slow_first_byte_past_the_timeout_is_a_timeout(fleet: Fleet) -> None:
-    fleet.miners[0].set_fault("slow_start:delay=5")
+@pytest.mark.parametrize(("fault", "needle"), [
+    ("slow_start:delay=5", r"GET /api/system/info timed out after 0.5 s before any answer"),
+    ("slow_start:delay=0,body_delay=5", r"timed out after 0.5 s with 0 of \d+ bytes of the answer received"),
+])
+async def test_a_late_answer_or_body_past_the_timeout_is_a_timeout(fleet: Fleet, fault: str, needle: str) -> None:
+    fleet.miners[0].set_fault(fault)
     cfg = cfg_for(fleet, timeout=0.5)
     async with make_session(cfg) as s:
-        with pytest.raises(MinerUnreachable, match=r"GET /api/system/info timed out after 0.5 s before any answer"):
-            await MinerClient(cfg.miners[0], s, cfg.http).read()
-
-
-async def test_headers_without_the_body_past_the_timeout_is_a_timeout(fleet: Fleet) -> None:
-    fleet.miners[0].set_fault("slow_start:delay=0,body_delay=5")
-    cfg = cfg_for(fleet, timeout=0.5)
-    async with make_session(cfg) as s:
-        with pytest.raises(MinerUnreachable, match=r"timed out after 0.5 s with 0 of \d+ bytes of the answer received"):
+        with pytest.raises(MinerUnreachable, match=needle):
             await MinerClient(cfg.miners[0], s, cfg.http).read()
 
 
