@@ -51,11 +51,14 @@ class Bridge:
         self.fanout.add(sink, maxsize, drop_oldest)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.fanout.run(), name="fanout")
-            tg.create_task(self.poller.run(), name="poller")
-            if self.cfg.health_file is not None:
-                tg.create_task(self._heartbeat(self.cfg.health_file), name="heartbeat")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.fanout.run(), name="fanout")
+                tg.create_task(self.poller.run(), name="poller")
+                if self.cfg.health_file is not None:
+                    tg.create_task(self._heartbeat(self.cfg.health_file), name="heartbeat")
+        finally:
+            await self.guard.aclose()  # commands still held for the rate limit are not sent after a stop
 
     def health(self) -> dict[str, object]:
         states = self.poller.miners.values()

@@ -232,7 +232,7 @@ HOSTILE: list[tuple[str, str | None, str | bytes, str]] = [
 
 @pytest.mark.parametrize(("setting", "payload", "code"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 async def test_hostile_payloads_get_one_bounded_result(setting: str | None, payload: str, code: str) -> None:
-    guard, poller, published = setup(config())
+    guard, poller, _ = setup(config())
     seen = []
     guard.listen(seen.append)
     result = await guard.submit("garage-1", payload, setting)
@@ -253,7 +253,7 @@ async def test_transaction_is_echoed_in_accepted_and_refused_results() -> None:
 
 async def test_unknown_miners_create_no_state_and_refusals_are_counted_and_logged_within_a_budget(
         caplog: pytest.LogCaptureFixture) -> None:
-    guard, poller, published = setup(config())
+    guard, _, published = setup(config())
     for i in range(300):
         result = await guard.submit(f"junk-{i}", "550", "frequency")
         assert result.code == "unknown_miner"
