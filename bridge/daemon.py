@@ -55,11 +55,14 @@ class Bridge:
         self.fanout.add(sink, maxsize, drop_oldest)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.fanout.run(), name="fanout")
-            tg.create_task(self.poller.run(), name="poller")
-            if self.cfg.health_file is not None or self.mqtt is not None:
-                tg.create_task(self._report(), name="report")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.fanout.run(), name="fanout")
+                tg.create_task(self.poller.run(), name="poller")
+                if self.cfg.health_file is not None or self.mqtt is not None:
+                    tg.create_task(self._report(), name="report")
+        finally:
+            await self.guard.aclose()  # commands still held for the rate limit are not sent after a stop
 
     def state(self) -> dict[str, object]:
         """The bridge's own state, like Telegraf's internal metrics: the heartbeat file `bitaxe-bridge health`

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from bridge.config import HttpConfig, MinerConfig
+from bridge.config import HttpConfig, MinerConfig, reveal
 from bridge.errors import MinerDataError, MinerError, MinerHTTPError, MinerUnreachable
 from bridge.firmware import SystemInfo, board_from_info, parse_asic, parse_info, to_reading
 from bridge.reading import BoardInfo, Reading
@@ -52,7 +52,7 @@ class MinerClient:
         # Basic auth is being added to the firmware (open PRs): send it when configured.
         self.headers: dict[str, str] = {}
         if cfg.username:
-            token = base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode("ascii")
+            token = base64.b64encode(f"{cfg.username}:{reveal(cfg.password) or ''}".encode()).decode("ascii")
             self.headers["Authorization"] = f"Basic {token}"
         self.board: BoardInfo | None = None
         self.info: SystemInfo | None = None  # last good /api/system/info, for firmware quirks on writes
