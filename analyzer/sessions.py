@@ -23,7 +23,7 @@ from bridge.reading import Event, fmt_number
 from bridge.store.events import EventStoreError, read_events, write_events
 
 SESSION_KINDS = ("session_start", "session_end")
-RESULT_TIMEOUT = 15.0  # s for the bridge to apply a clock (it ramps, then reads back)
+RESULT_TIMEOUT = 40.0  # s: the bridge may hold a change for min_command_interval, then applies and reads back
 
 
 class SessionError(click.ClickException):
@@ -97,7 +97,8 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
             # The bridge's own client settings (TLS with ca_file, keepalive), under a client id of its own.
             async with client_for(mqtt, identifier=f"bitaxe-session-{uuid.uuid4().hex[:8]}") as client:
                 await client.subscribe(result_topic, qos=1)  # before publishing: no race with the answer
-                await client.publish(set_topic, json.dumps(payload), qos=1)
+                transaction = f"session-{uuid.uuid4().hex[:12]}"  # echoed in this command's results only
+                await client.publish(set_topic, json.dumps({**payload, "transaction": transaction}), qos=1)
                 async for message in client.messages:
                     if message.retain:
                         continue  # an answer to someone else's earlier command
@@ -105,7 +106,9 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
                         result = json.loads(bytes(message.payload).decode())
                     except (ValueError, TypeError, UnicodeDecodeError):
                         continue
-                    if isinstance(result, dict) and _answers(result, payload):
+                    # A `queued` result (final: false) means the bridge holds it for its rate limit: wait on.
+                    if isinstance(result, dict) and result.get("transaction") == transaction \
+                            and result.get("final", True):
                         return result
     except TimeoutError:
         raise SessionError(
@@ -115,13 +118,6 @@ async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
     except (aiomqtt.MqttError, OSError) as exc:
         raise SessionError(f"{where}: {exc}; check mqtt.host/port/username/password/tls in the config") from None
     raise SessionError(f"{where}: connection closed before the bridge answered on {result_topic}")
-
-
-def _answers(result: dict[str, Any], payload: dict[str, Any]) -> bool:
-    request = result.get("request")
-    if not isinstance(request, dict):
-        return "accepted" in result
-    return all(request.get(k) == v for k, v in payload.items())
 
 
 def _load(config_path: Path) -> BridgeConfig:

@@ -515,7 +515,7 @@ def open_source(source: str | None, config_path: str | None) -> Store:
         raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or '
                          f"influxdb:URL/DATABASE")
     if config_path:
-        from bridge.config import ConfigError, load_config
+        from bridge.config import ConfigError, load_config, reveal
 
         try:
             cfg = load_config(config_path)
@@ -524,8 +524,9 @@ def open_source(source: str | None, config_path: str | None) -> Store:
         if cfg.influxdb is not None:
             ic = cfg.influxdb
             db = ic.database or ic.bucket or ""
-            return InfluxStore(ic.url, db, username=ic.username, password=ic.password, token=ic.token,
-                               measurement=ic.measurement, event_measurement=ic.event_measurement,
+            return InfluxStore(ic.url, db, username=ic.username, password=reveal(ic.password),
+                               token=reveal(ic.token), measurement=ic.measurement,
+                               event_measurement=ic.event_measurement,
                                timeout=max(ic.timeout, 300.0))
         if cfg.sqlite is not None:
             path = cfg.sqlite.path

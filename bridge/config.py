@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# `<prefix>/bridge/...` is the bridge's own topic tree (availability, state, the discovery sync marker).
+RESERVED_NAMES = frozenset({"bridge"})
+SECRET_FIELDS = frozenset({"password", "token"})  # SecretStr: never shown in errors, logs or check-config
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """The secret's text, for the one place that sends it (an auth header, the MQTT CONNECT)."""
+    return None if secret is None else secret.get_secret_value()
 
 
 class ConfigError(Exception):
@@ -26,7 +34,7 @@ class MinerConfig(_Strict):
     name: str = Field(pattern=NAME_RE, description="unique; used in MQTT topics and store tags")
     host: str = Field(min_length=1, description="host or host:port (IP or DNS name), no scheme")
     username: str | None = None  # HTTP basic auth, for firmware builds that add it
-    password: str | None = None
+    password: SecretStr | None = None
     allow_custom_clocks: bool | None = None  # overrides safety.allow_custom_clocks for this miner
 
     @field_validator("host")
@@ -50,7 +58,7 @@ class MqttConfig(_Strict):
     host: str = "localhost"
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     tls: bool = False
     ca_file: str | None = None  # PEM bundle for a broker with a private CA (tls: true); default: system CAs
     client_id: str | None = None
@@ -82,11 +90,11 @@ class SqliteConfig(_Strict):
 class InfluxConfig(_Strict):
     url: str = Field(pattern=r"^https?://")
     # 2.x / 3.x: token + org + bucket. 1.8: username/password + database (+ retention_policy), v2 API.
-    token: str | None = None
+    token: SecretStr | None = None
     org: str | None = None
     bucket: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: SecretStr | None = None
     database: str | None = None
     retention_policy: str | None = None
     api: Literal["v2", "v1"] = "v2"  # v1: plain 1.x /write endpoint for servers older than 1.8
@@ -166,15 +174,34 @@ class BridgeConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> BridgeConfig:
+        from bridge.discovery import Topics, bridge_id, entity_owners, slug  # it imports nothing of config
+
+        topics = Topics(self.mqtt.prefix) if self.mqtt is not None else Topics()
         seen: dict[str, int] = {}
         hosts: dict[str, int] = {}
         for i, m in enumerate(self.miners):
-            if m.name in seen:
-                raise ValueError(f'miner name "{m.name}" is used twice (miners[{seen[m.name]}] and '
-                                 f"miners[{i}]); names must be unique")
+            norm = slug(m.name)
+            if norm in RESERVED_NAMES:
+                raise ValueError(f'miners[{i}].name "{m.name}" is reserved: <prefix>/{norm}/... is the bridge\'s '
+                                 f'own topic tree; rename the miner, e.g. "{m.name}-miner"')
+            if f"bitaxe_{norm}" == bridge_id(topics):
+                raise ValueError(f'miners[{i}].name "{m.name}" is reserved: without a MAC its Home Assistant '
+                                 f'device would be the bridge\'s own ("{bridge_id(topics)}"); rename the miner')
+            if norm in seen:
+                j = seen[norm]
+                other = self.miners[j].name
+                same = "is used twice" if other == m.name else f'and miners[{j}].name "{other}" are one name'
+                raise ValueError(f'miners[{i}].name "{m.name}" {same} in Home Assistant ids and in the miner id '
+                                 f'used when the firmware reports no MAC ("{norm}"); names must differ in more '
+                                 "than case, '-' and '_'")
             if m.host in hosts:
                 raise ValueError(f'host "{m.host}" is listed twice (miners[{hosts[m.host]}] and miners[{i}])')
-            seen[m.name], hosts[m.host] = i, i
+            seen[norm], hosts[m.host] = i, i
+        clash = entity_owners([m.name for m in self.miners], topics)
+        if clash:
+            entity, owners = clash
+            raise ValueError(f"Home Assistant entity {entity} would belong to {' and to '.join(owners)}; rename "
+                             "one of these miners")
         return self
 
     def miner(self, name: str) -> MinerConfig:
@@ -248,7 +275,12 @@ def parse_config(data: Any, source: str = "config") -> BridgeConfig:
             loc = [p for p in err["loc"] if p not in ("function-after",)]
             fix = _FIXES.get(err["type"], "")
             got = err.get("input")
-            shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+            secret = bool(loc) and loc[-1] in SECRET_FIELDS
+            hidden = secret or err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            shown = "" if hidden else f" (got {got!r})"
+            if secret and err["type"] == "string_type":
+                # YAML reads an unquoted 123456 as a number (and 0123 as 83): never guess the secret.
+                fix = f'quote it in the YAML, e.g. {loc[-1]}: "..."'
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "string_pattern_mismatch":
                 msg, fix = _PATTERNS.get(str((err.get("ctx") or {}).get("pattern")), (msg, ""))

@@ -55,11 +55,14 @@ class Bridge:
         self.fanout.add(sink, maxsize, drop_oldest)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.fanout.run(), name="fanout")
-            tg.create_task(self.poller.run(), name="poller")
-            if self.cfg.health_file is not None or self.mqtt is not None:
-                tg.create_task(self._report(), name="report")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.fanout.run(), name="fanout")
+                tg.create_task(self.poller.run(), name="poller")
+                if self.cfg.health_file is not None or self.mqtt is not None:
+                    tg.create_task(self._report(), name="report")
+        finally:
+            await self.guard.aclose()  # commands still held for the rate limit are not sent after a stop
 
     def state(self) -> dict[str, object]:
         """The bridge's own state, like Telegraf's internal metrics: the heartbeat file `bitaxe-bridge health`
@@ -134,8 +137,9 @@ def _write_heartbeat(path: Path, state: dict[str, object], failing: bool) -> boo
 
 
 def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
-    # Keep-alive with at most 2 sockets per miner: ESP-Miner's httpd has few socket slots (LRU purge),
-    # and the web UI needs some of them.
+    # Keep-alive with at most 2 sockets per miner: ESP-Miner's httpd has 7-20 socket slots (LRU purge only
+    # from v2.10; older firmware stops accepting when full, docs/firmware.md), and the web UI needs some.
+    # One kept-alive socket carries the polls; the second lets a command skip a slow poll.
     connector = aiohttp.TCPConnector(limit=512, limit_per_host=2,
                                      keepalive_timeout=max(15.0, 2 * cfg.poll_interval))
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "bitaxe-bridge"},

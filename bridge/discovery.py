@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -25,7 +26,7 @@ Payload = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """The topic layout: `<prefix>/<miner>/{state,availability,set,set/<setting>,result,event}`."""
+    """The topic layout: `<prefix>/<miner>/{state,availability,set,set/<setting>,result,event,capabilities}`."""
 
     prefix: str = "bitaxe"
     discovery_prefix: str = "homeassistant"
@@ -61,6 +62,9 @@ class Topics:
 
     def event(self, miner: str) -> str:
         return f"{self.prefix}/{miner}/event"
+
+    def capabilities(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/capabilities"
 
     def set(self, miner: str, setting: str | None = None) -> str:
         return f"{self.prefix}/{miner}/set" + (f"/{setting}" if setting else "")
@@ -155,9 +159,37 @@ def bridge_id(topics: Topics) -> str:
     return f"bitaxe_bridge_{slug(topics.prefix)}"
 
 
+def object_id(miner: str, key: str) -> str:
+    return f"bitaxe_{slug(miner)}_{key}"
+
+
 def entity_id(component: str, miner: str, key: str) -> str:
     """The entity id discovery asks for: `<component>.bitaxe_<miner>_<key>` (see docs/mqtt.md)."""
-    return f"{component}.bitaxe_{slug(miner)}_{key}"
+    return f"{component}.{object_id(miner, key)}"
+
+
+def entity_ref(component: str, object_id: str) -> Payload:
+    """The discovery fields that fix an entity's id, in what each Home Assistant version reads.
+
+    Up to 2025.9 HA reads `object_id` (entity id `<component>.<object_id>`) and drops the unknown
+    `default_entity_id`; without `object_id` it would build the id from device and entity name
+    ("Bitaxe garage-1" + "Efficiency" -> sensor.bitaxe_garage_1_efficiency). 2025.10 to 2026.3 read
+    `default_entity_id` and use `object_id` only without it (home-assistant/core#151775, #151996: no
+    deprecation warning when both are sent); from 2026.4 `object_id` is ignored (#164460). Both, with
+    the same id, give the same entity id on every version. tests/mqtt/test_entity_ids.py models each.
+    """
+    return {"object_id": object_id, "default_entity_id": f"{component}.{object_id}"}
+
+
+_READING_FIELDS = frozenset(f.name for f in dataclasses.fields(Reading))
+
+
+def reported_metrics(reading: Reading) -> frozenset[str]:
+    """Metrics this miner's firmware reports: a value read straight from a firmware field the firmware
+    left out (None) has no entity, so nothing stays "unknown" forever (ASIC error rate on v2.6, the
+    10-minute hashrate on v2.9). Derived values (J/TH, reject rate, flags) exist on every firmware."""
+    return frozenset(m.key for m in METRICS
+                     if m.ha and (m.key not in _READING_FIELDS or m.value_fn(reading) is not None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +201,12 @@ class MinerIdentity:
     host: str
     firmware: str
     board: BoardInfo
+    metrics: frozenset[str]  # keys of the metric entities (reported_metrics)
 
     @classmethod
-    def of(cls, reading: Reading) -> MinerIdentity:
-        return cls(reading.miner, reading.miner_id, reading.host, reading.firmware, reading.board)
+    def of(cls, reading: Reading, metrics: frozenset[str] | None = None) -> MinerIdentity:
+        return cls(reading.miner, reading.miner_id, reading.host, reading.firmware, reading.board,
+                   reported_metrics(reading) if metrics is None else metrics)
 
 
 def _finite(value: Value) -> Value:
@@ -210,7 +244,7 @@ def _common(ident: MinerIdentity, topics: Topics, component: str, key: str, name
     return {
         "name": name,
         "unique_id": f"{ident.miner_id}_{component}_{key}",
-        "default_entity_id": entity_id(component, ident.name, key),
+        **entity_ref(component, object_id(ident.name, key)),
         "device": _device(ident, topics),
         "origin": ORIGIN,
         "availability": [{"topic": topics.bridge_availability}, {"topic": topics.availability(ident.name)}],
@@ -257,17 +291,61 @@ def control_config(ident: MinerIdentity, topics: Topics, c: Control) -> Payload:
     return p
 
 
+LAST_COMMAND = "last_command"
+
+
+def last_command_config(ident: MinerIdentity, topics: Topics) -> Payload:
+    """A sensor of the latest command result (code; reason and request as attributes): a refused change
+    is seen where it was made. Only the bridge's availability: an `offline` refusal must stay visible."""
+    p = _common(ident, topics, "sensor", LAST_COMMAND, "Last command")
+    p["availability"] = [{"topic": topics.bridge_availability}]
+    del p["availability_mode"]
+    p.update({
+        "state_topic": topics.result(ident.name),
+        "value_template": "{{ value_json.code }}",
+        "json_attributes_topic": topics.result(ident.name),
+        "json_attributes_template": "{{ {'reason': value_json.reason, 'request': value_json.request, "
+                                    "'transaction': value_json.transaction, 'source': value_json.source, "
+                                    "'sent': value_json.sent, 'time': value_json.time} | tojson }}",
+        "icon": "mdi:console-line",
+        "entity_category": "diagnostic",
+        "enabled_by_default": True,
+    })
+    return p
+
+
 def miner_discovery(ident: MinerIdentity, topics: Topics) -> dict[str, Payload]:
     """Every discovery topic of one miner and its config payload (retained by the publisher)."""
     out: dict[str, Payload] = {}
     for m in METRICS:
-        if m.ha:
+        if m.ha and m.key in ident.metrics:
             out[topics.discovery(m.component, ident.miner_id, m.key)] = metric_config(ident, topics, m)
     for c in CONTROLS:
         if c.min_firmware is not None and not firmware_at_least(ident.firmware, c.min_firmware):
             continue
         out[topics.discovery(c.component, ident.miner_id, c.key)] = control_config(ident, topics, c)
+    out[topics.discovery("sensor", ident.miner_id, LAST_COMMAND)] = last_command_config(ident, topics)
     return out
+
+
+def possible_entities(miner: str) -> dict[str, str]:
+    """Every entity id a miner can have on any firmware, and the entity's name."""
+    out = {entity_id(m.component, miner, m.key): m.name for m in METRICS if m.ha}
+    out.update({entity_id(c.component, miner, c.key): c.name for c in CONTROLS})
+    out[entity_id("sensor", miner, LAST_COMMAND)] = "Last command"
+    return out
+
+
+def entity_owners(miners: list[str], topics: Topics) -> tuple[str, list[str]] | None:
+    """The first Home Assistant entity id two of these miners (or a miner and the bridge) would share:
+    "garage" + "expected_hashrate" and "garage-expected" + "hashrate" are both bitaxe_garage_expected_hashrate."""
+    owner: dict[str, str] = {p["default_entity_id"]: "the bridge" for p in bridge_discovery(topics).values()}
+    for miner in miners:
+        for entity, name in possible_entities(miner).items():
+            if entity in owner:
+                return entity, [owner[entity], f'miner "{miner}" ({name})']
+            owner[entity] = f'miner "{miner}" ({name})'
+    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,7 +386,7 @@ def _bridge_entity(topics: Topics, component: str, key: str, name: str, sw_versi
     return {
         "name": name,
         "unique_id": f"{bid}_{key}",
-        "default_entity_id": f"{component}.{bid}_{key}",
+        **entity_ref(component, f"{bid}_{key}"),
         "device": {"identifiers": [bid], "name": "Bitaxe bridge", "manufacturer": "bitaxe-bridge",
                    "model": "bitaxe-bridge", "sw_version": sw_version},
         "origin": ORIGIN,
@@ -344,11 +422,13 @@ def owner_of(payload: Payload, topics: Topics) -> str | None:
     device = payload.get("device")
     if not isinstance(device, dict) or device.get("via_device") != bridge_id(topics):
         return None
-    for entry in payload.get("availability") or ():
-        topic = entry.get("topic") if isinstance(entry, dict) else None
-        head, tail = f"{topics.prefix}/", "/availability"
-        if isinstance(topic, str) and topic.startswith(head) and topic.endswith(tail):
-            miner = topic[len(head): -len(tail)]
-            if miner and miner != "bridge" and "/" not in miner:
-                return miner
+    candidates = [entry.get("topic") for entry in payload.get("availability") or () if isinstance(entry, dict)]
+    candidates.append(payload.get("state_topic"))
+    head = f"{topics.prefix}/"
+    for topic in candidates:
+        if not isinstance(topic, str) or not topic.startswith(head):
+            continue
+        miner, _, tail = topic[len(head):].rpartition("/")
+        if miner and miner != "bridge" and "/" not in miner and tail in ("availability", "state", "result"):
+            return miner
     return None

@@ -2,7 +2,9 @@
 
 `run()` owns the broker connection and reconnects with backoff (1, 2, 4 … 60 s). While the broker is
 away, readings for MQTT are dropped (polling and storage go on); after reconnecting the bridge
-resubscribes and republishes discovery, availability and every miner's latest state.
+resubscribes and republishes discovery, availability, capabilities and every miner's latest state.
+Every message on a command topic goes to the guard (or to a handler registered with `route()`); every
+result the guard reports, the interim `queued` ones included, is published on `<prefix>/<miner>/result`.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 
 from bridge.cancel import raise_if_cancelling
-from bridge.commands import Guard
-from bridge.config import BridgeConfig, MqttConfig
+from bridge.commands import CommandResult, Guard
+from bridge.config import BridgeConfig, MqttConfig, reveal
 from bridge.discovery import (
     MinerIdentity,
     Payload,
@@ -32,6 +34,7 @@ from bridge.discovery import (
     bridge_id,
     miner_discovery,
     owner_of,
+    reported_metrics,
     state_document,
 )
 from bridge.reading import Event, Reading
@@ -64,7 +67,7 @@ def tls_context(m: MqttConfig) -> ssl.SSLContext | None:
 
 def client_for(m: MqttConfig, will: aiomqtt.Will | None = None, identifier: str | None = None) -> aiomqtt.Client:
     return aiomqtt.Client(
-        m.host, m.port, username=m.username, password=m.password, identifier=identifier or m.client_id,
+        m.host, m.port, username=m.username, password=reveal(m.password), identifier=identifier or m.client_id,
         keepalive=m.keepalive, tls_context=tls_context(m), timeout=PUBLISH_TIMEOUT, will=will,
         # Without TCP_NODELAY a QoS 1 publish after a small QoS 0 one waits ~40 ms (Nagle + delayed ACK).
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -110,6 +113,9 @@ def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+Handler = Callable[[str, bytes], Coroutine[Any, Any, None]]  # (miner, payload) of a routed `set/<setting>` message
+
+
 class MqttBridge:
     """The MQTT sink (bridge.sinks.Sink with run()); commands go to `guard` when one is given."""
 
@@ -133,7 +139,19 @@ class MqttBridge:
         self.connections = 0  # completed connects, for logs and tests
         self.dropped = 0  # readings not published because the broker was away
         self.removed: set[str] = set()  # miners whose entities were removed at the last connect
+        # Per miner: the firmware and the metrics it has reported so far (their entities are published).
+        self.reported: dict[str, tuple[str, frozenset[str]]] = {}
+        self.handlers: dict[str, Handler] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        if guard is not None:
+            guard.listen(self._on_result)
+
+    def route(self, setting: str, handler: Handler) -> None:
+        """Send `<prefix>/<miner>/set/<setting>` to `handler` instead of the guard (e.g. a tuner's own topic).
+
+        The handler answers each message itself; whatever it changes on a miner goes through the guard.
+        """
+        self.handlers[setting] = handler
 
     # ---- Sink protocol ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,13 +166,18 @@ class MqttBridge:
             await asyncio.wait(tasks, timeout=5)
         client = self.client
         if client is not None:
-            # A clean disconnect does not fire the last will: say offline ourselves.
             try:
-                await client.publish(self.topics.bridge_availability, "offline", qos=1, retain=True,
-                                     timeout=2)
+                await self._goodbye(client)
             except (aiomqtt.MqttError, asyncio.CancelledError):
                 # aiomqtt may cancel its own pending publish on disconnect; only ours must propagate.
                 raise_if_cancelling()
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """A clean stop: every miner and the bridge `offline` (retained). The last will covers only the bridge,
+        and a client that reads a miner's availability alone must not see a stale `online`."""
+        for miner in self.miners:
+            await client.publish(self.topics.availability(miner), "offline", qos=1, retain=True, timeout=2)
+        await client.publish(self.topics.bridge_availability, "offline", qos=1, retain=True, timeout=2)
 
     async def handle(self, item: Reading | Event) -> None:
         if isinstance(item, Reading):
@@ -163,7 +186,7 @@ class MqttBridge:
             self.online[item.miner] = item.kind == "online"
             await self._publish(self.topics.availability(item.miner), item.kind, qos=1, retain=True)
         elif item.kind == "command":
-            await self._publish(self.topics.result(item.miner), _dumps(item.data), qos=1)
+            return  # every result, also those not stored, comes from the guard's listener (_on_result)
         else:
             when = datetime.fromtimestamp(item.time, UTC).isoformat(timespec="milliseconds")
             doc = {"kind": item.kind, "message": item.message, "time": when, "data": item.data}
@@ -179,15 +202,35 @@ class MqttBridge:
         if client is None:
             self.dropped += 1
             return
-        ident = MinerIdentity.of(reading)
+        ident = self._identity(reading)
         if self.identity.get(reading.miner) != ident:
             try:
                 await self._publish_discovery(client, ident)
+                await self._publish_capabilities(client, reading)
             except aiomqtt.MqttError as exc:
                 log.debug("mqtt: discovery for %s dropped: %s", reading.miner, exc)  # resent on reconnect
         if not await self._publish(self.topics.state(reading.miner), _dumps(state_document(reading)),
                                    retain=True):
             self.dropped += 1
+
+    def _identity(self, reading: Reading) -> MinerIdentity:
+        """The miner's identity with every metric its firmware has reported since it was first seen."""
+        firmware, seen = self.reported.get(reading.miner, (reading.firmware, frozenset()))
+        metrics = reported_metrics(reading) | (seen if firmware == reading.firmware else frozenset())
+        self.reported[reading.miner] = (reading.firmware, metrics)
+        return MinerIdentity.of(reading, metrics)
+
+    async def _publish_capabilities(self, client: aiomqtt.Client, reading: Reading) -> None:
+        if self.guard is not None:
+            await client.publish(self.topics.capabilities(reading.miner), _dumps(self.guard.capabilities(reading)),
+                                 qos=1, retain=True)
+
+    def _on_result(self, result: CommandResult) -> None:
+        # Retained for configured miners (HA's "Last command" sensor shows it after a restart); a result for
+        # an unknown name is not retained, so junk topics leave nothing behind on the broker.
+        retain = result.miner in self.miners
+        self._spawn(self._publish(self.topics.result(result.miner), _dumps(result.as_json()), qos=1,
+                                  retain=retain))
 
     async def _publish(self, topic: str, payload: str | bytes, qos: int = 0, retain: bool = False) -> bool:
         """Publish if connected; a broker that is away drops the message (the reconnect republishes)."""
@@ -227,8 +270,7 @@ class MqttBridge:
                     except asyncio.CancelledError:
                         # Shutdown: a clean disconnect does not fire the last will, so say it ourselves.
                         with contextlib.suppress(aiomqtt.MqttError):
-                            await client.publish(self.topics.bridge_availability, "offline", qos=1,
-                                                 retain=True, timeout=2)
+                            await self._goodbye(client)
                         raise
                     finally:
                         if self.connected.is_set():
@@ -249,7 +291,7 @@ class MqttBridge:
         if self.mqtt.discovery:
             await self._sync_discovery(client)
         await client.subscribe(t.ha_status, qos=1)
-        if self.guard is not None:
+        if self.guard is not None or self.handlers:
             for topic in t.set_wildcards:
                 await client.subscribe(topic, qos=1)
         await client.publish(t.bridge_availability, "online", qos=1, retain=True)
@@ -263,12 +305,13 @@ class MqttBridge:
             for miner in self.miners:
                 reading = self.latest.get(miner)
                 if reading is not None:
-                    await self._publish_discovery(client, MinerIdentity.of(reading))
+                    await self._publish_discovery(client, self._identity(reading))
         for miner in self.miners:
             state = "online" if self.online.get(miner) else "offline"
             await client.publish(self.topics.availability(miner), state, qos=1, retain=True)
             reading = self.latest.get(miner)
             if reading is not None:
+                await self._publish_capabilities(client, reading)
                 await client.publish(self.topics.state(miner), _dumps(state_document(reading)), retain=True)
 
     async def _publish_all(self, client: aiomqtt.Client, configs: dict[str, Payload]) -> None:
@@ -331,7 +374,8 @@ class MqttBridge:
         if gone:
             await self._clear(client, [topic for topic, miner in found.items() if miner in gone])
             for miner in gone:
-                await self._clear(client, [t.availability(miner), t.state(miner)])
+                await self._clear(client, [t.availability(miner), t.state(miner), t.result(miner),
+                                           t.capabilities(miner)])
             log.info("mqtt: removed Home Assistant entities of miners no longer configured: %s",
                      ", ".join(sorted(gone)))
         self.removed = gone
@@ -348,15 +392,20 @@ class MqttBridge:
                 self._spawn(self._on_ha_birth())
             return
         parsed = self.topics.parse_set(topic)
-        if parsed is not None and self.guard is not None:
-            if message.retain:
-                # A retained command would be replayed on every reconnect: never act on one.
-                log.warning("mqtt: ignoring retained command on %s; publish commands without retain", topic)
-                return
-            miner, setting = parsed
+        if parsed is None:
+            return
+        if message.retain:
+            # A retained command would be replayed on every reconnect: never act on one.
+            log.warning("mqtt: ignoring retained command on %s; publish commands without retain", topic[:200])
+            return
+        miner, setting = parsed
+        handler = self.handlers.get(setting) if setting is not None else None
+        if handler is not None:
+            self._spawn(handler(miner, bytes(payload)))
+        elif self.guard is not None:
             self._spawn(self._command(miner, setting, bytes(payload)))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -374,7 +423,7 @@ class MqttBridge:
         try:
             await self.guard.submit(miner, payload, setting, source="mqtt")
         except Exception:
-            log.exception("mqtt: command for %s on setting %s failed", miner, setting)
+            log.exception("mqtt: command for %s on setting %s failed", miner[:40], (setting or "")[:40])
 
     async def publish_bridge_state(self, state: dict[str, Any]) -> None:
         """The bridge's own state document (retained), read by the bridge device's diagnostic sensors."""
@@ -382,4 +431,5 @@ class MqttBridge:
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.client is not None, "since": self.since, "connections": self.connections,
-                "dropped": self.dropped, "time": time.time()}
+                "dropped": self.dropped, "commands": self.guard.stats() if self.guard else {},
+                "time": time.time()}

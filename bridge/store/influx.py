@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 import aiohttp
 
 from bridge.cancel import raise_if_cancelling
-from bridge.config import InfluxConfig
+from bridge.config import InfluxConfig, reveal
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
 from bridge.store.spool import Cursor, Spool
@@ -118,15 +118,15 @@ def basic_auth(cfg: InfluxConfig) -> dict[str, str]:
     """HTTP basic auth headers for the 1.x API (built here: aiohttp deprecates its BasicAuth)."""
     if not cfg.username:
         return {}
-    raw = f"{cfg.username}:{cfg.password or ''}".encode()
+    raw = f"{cfg.username}:{reveal(cfg.password) or ''}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
 
 
 def v2_token(cfg: InfluxConfig) -> str:
     if cfg.token:
-        return cfg.token
+        return cfg.token.get_secret_value()
     if cfg.username:
-        return f"{cfg.username}:{cfg.password or ''}"  # InfluxDB 1.8's v2 API takes user:password
+        return f"{cfg.username}:{reveal(cfg.password) or ''}"  # InfluxDB 1.8's v2 API takes user:password
     return ""
 
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from bridge.cli import main
-from bridge.config import ConfigError, load_config
+from bridge.config import ConfigError, load_config, reveal
 
 ROOT = Path(__file__).parent.parent.parent
 
@@ -69,7 +69,7 @@ def test_secrets_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                         "mqtt: {host: broker, password: '${MQTT_PASS}', username: '${MQTT_USER:-bridge}'}\n")
     cfg = load_config(p)
     assert cfg.mqtt is not None
-    assert cfg.mqtt.password == "s3cret" and cfg.mqtt.username == "bridge"
+    assert reveal(cfg.mqtt.password) == "s3cret" and cfg.mqtt.username == "bridge"
 
 
 def test_unset_secret_is_an_error_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -156,14 +156,20 @@ async def test_bad_commands_over_mqtt_are_answered_and_never_reach_the_miner(mos
         assert patches(miner) == []  # the miner's own request log: nothing but reads
 
 
-async def test_too_fast_and_retained_commands(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:
-    cfg = config(mosquitto.port, turbo.host, {"min_command_interval": 60})
+async def test_a_change_within_the_interval_is_queued_then_applied(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:
+    cfg = config(mosquitto.port, turbo.host, {"min_command_interval": 1.0})
     async with bridge_running(cfg), Watcher(mosquitto.port, "bitaxe/+/result") as w:
         first = await send(w, "bitaxe/garage-1/set/frequency", "550", "bitaxe/garage-1/result")
-        assert first["accepted"] is True
-        second = await send(w, "bitaxe/garage-1/set/frequency", "525", "bitaxe/garage-1/result")
-        assert (second["accepted"], second["code"]) == (False, "rate_limited")
+        assert (first["accepted"], first["code"], first["final"]) == (True, "ok", True)
+        queued = await send(w, "bitaxe/garage-1/set", '{"core_voltage": 1100, "transaction": "t-2"}',
+                            "bitaxe/garage-1/result")
+        assert (queued["code"], queued["final"], queued["transaction"]) == ("queued", False, "t-2")
         assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550})]
+        await w.wait(lambda: len(w.on("bitaxe/garage-1/result")) == 3, what="the final result")
+        final = w.on("bitaxe/garage-1/result")[-1].json()
+        assert (final["code"], final["final"], final["transaction"]) == ("ok", True, "t-2")
+        assert patches(turbo) == [("PATCH", "/api/system", {"frequency": 550}),
+                                  ("PATCH", "/api/system", {"coreVoltage": 1100})]
 
 
 async def test_retained_commands_are_not_replayed_on_subscribe(mosquitto: Mosquitto, turbo: FixtureMiner) -> None:

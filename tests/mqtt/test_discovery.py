@@ -21,7 +21,7 @@ from bridge.metrics import METRICS
 from tests.mqtt.readings import reading
 
 TOPICS = Topics("bitaxe", "homeassistant")
-COMMON = ("name", "unique_id", "default_entity_id", "device", "origin", "availability", "availability_mode",
+COMMON = ("name", "unique_id", "object_id", "default_entity_id", "device", "origin", "availability",
           "enabled_by_default")
 HA_UNITS = {"GH/s", "W", "J/TH", "GH/W", "°C", "%", "rpm", "V", "A", "MHz", "mV", "s", "dBm"}
 
@@ -29,8 +29,10 @@ HA_UNITS = {"GH/s", "W", "J/TH", "GH/W", "°C", "%", "rpm", "V", "A", "MHz", "mV
 def test_every_metric_and_control_has_an_entity_with_the_common_fields() -> None:
     r = reading("garage-1")
     configs = miner_discovery(Ident.of(r), TOPICS)
-    expected = {f"homeassistant/{m.component}/{r.miner_id}/{m.key}/config" for m in METRICS if m.ha}
+    expected = {f"homeassistant/{m.component}/{r.miner_id}/{m.key}/config" for m in METRICS
+                if m.ha and m.key != "asic_temp2"}  # a one-sensor board: temp2 is not reported
     expected |= {f"homeassistant/{c.component}/{r.miner_id}/{c.key}/config" for c in CONTROLS}
+    expected.add(f"homeassistant/sensor/{r.miner_id}/last_command/config")
     assert set(configs) == expected
     unique_ids = set()
     for topic, payload in configs.items():
@@ -38,10 +40,16 @@ def test_every_metric_and_control_has_an_entity_with_the_common_fields() -> None
         for key in COMMON:
             assert key in payload, f"{topic} lacks {key}"
         component = topic.split("/")[1]
-        assert payload["default_entity_id"].startswith(f"{component}.bitaxe_garage_1_")
-        assert payload["availability_mode"] == "all"
-        assert [a["topic"] for a in payload["availability"]] == ["bitaxe/bridge/availability",
-                                                                  "bitaxe/garage-1/availability"]
+        assert payload["default_entity_id"] == f"{component}.{payload['object_id']}"
+        assert payload["object_id"].startswith("bitaxe_garage_1_")
+        if topic.endswith("/last_command/config"):
+            # A refusal because the miner is offline must stay visible: only the bridge's availability.
+            assert [a["topic"] for a in payload["availability"]] == ["bitaxe/bridge/availability"]
+            assert payload["state_topic"] == "bitaxe/garage-1/result"
+        else:
+            assert payload["availability_mode"] == "all"
+            assert [a["topic"] for a in payload["availability"]] == ["bitaxe/bridge/availability",
+                                                                      "bitaxe/garage-1/availability"]
         dev = payload["device"]
         assert dev["identifiers"] == [r.miner_id]
         assert dev["model"] == "Gamma (BM1370)"
@@ -54,7 +62,7 @@ def test_every_metric_and_control_has_an_entity_with_the_common_fields() -> None
 
 
 def test_sensor_fields_follow_the_metric_table() -> None:
-    r = reading()
+    r = reading(asic_temp2=41.0)
     configs = miner_discovery(Ident.of(r), TOPICS)
     for m in METRICS:
         p = configs[f"homeassistant/{m.component}/{r.miner_id}/{m.key}/config"]
@@ -89,6 +97,15 @@ def test_controls_offer_the_boards_own_options() -> None:
         button = configs[f"homeassistant/button/{r.miner_id}/{key}/config"]
         assert button["payload_press"] == "PRESS"
         assert button["command_topic"] == f"bitaxe/garage-1/set/{key}"
+
+
+def test_entities_only_for_what_the_firmware_reports() -> None:
+    # v2.6 reports no ASIC error rate and no window hashrates; derived values exist on every firmware.
+    old = reading(firmware="v2.6.0", error_pct=None, hashrate_1m=None, hashrate_10m=None, hashrate_1h=None,
+                  hashrate=0.0)
+    keys = {t.split("/")[3] for t in miner_discovery(Ident.of(old), TOPICS)}
+    assert not keys & {"error_pct", "hashrate_1m", "hashrate_10m", "hashrate_1h", "asic_temp2"}
+    assert {"hashrate", "j_per_th", "reject_pct", "not_hashing", "last_command"} <= keys  # J/TH is None now
 
 
 def test_identify_button_only_from_firmware_2_12() -> None:

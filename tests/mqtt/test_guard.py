@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -133,17 +135,21 @@ async def test_unknown_and_offline_miners() -> None:
     assert poller.requests() == []
 
 
-async def test_rate_limit_per_miner() -> None:
+async def test_rate_limit_is_per_miner_and_the_watchdog_skips_it() -> None:
     guard, poller, _ = setup(config({"min_command_interval": 60}))
     assert (await guard.submit("garage-1", "550", "frequency")).accepted
-    second = await guard.submit("garage-1", "525", "frequency")
-    assert (second.accepted, second.code) == (False, "rate_limited")
-    assert "min_command_interval" in second.reason
+    held = asyncio.create_task(guard.submit("garage-1", "525", "frequency"))
+    await asyncio.sleep(0.05)
+    assert not held.done()  # held for the interval, not refused
     assert (await guard.submit("shed-2", "550", "frequency")).accepted  # the other miner is not limited
-    # The watchdog's internal source skips the rate limit, and nothing else.
+    # The watchdog's internal source is applied at once, and nothing else differs.
     cmd = CommandPayload(frequency=490)
     assert (await guard.submit("garage-1", cmd, source="safety")).accepted
     assert len(poller.requests()) == 3
+    await guard.aclose()
+    cancelled = await held
+    assert (cancelled.accepted, cancelled.code) == (False, "cancelled")
+    assert len(poller.requests()) == 3  # the held command was never sent
 
 
 async def test_lockout_refuses_raising_but_allows_lowering() -> None:
@@ -186,10 +192,86 @@ def test_power_prediction_scales_with_v_squared_f() -> None:
 
 
 def test_plain_values_as_home_assistant_sends_them() -> None:
-    assert parse_command("frequency", "525").frequency == 525
-    assert parse_command("frequency", " 562.5 ").frequency == 562.5
-    assert parse_command("core_voltage", "1150.0").core_voltage == 1150
-    assert parse_command("fan_speed", "55.0").fan_speed == 55
-    assert parse_command("auto_fan", "ON").auto_fan is True
-    assert parse_command("auto_fan", "off").auto_fan is False
-    assert parse_command("restart", "PRESS").restart is True
+    assert parse_command("frequency", "525").command.frequency == 525
+    assert parse_command("frequency", " 562.5 ").command.frequency == 562.5
+    assert parse_command("core_voltage", "1150.0").command.core_voltage == 1150
+    assert parse_command("fan_speed", "55.0").command.fan_speed == 55
+    assert parse_command("auto_fan", "ON").command.auto_fan is True
+    assert parse_command("auto_fan", "off").command.auto_fan is False
+    assert parse_command("restart", "PRESS").command.restart is True
+
+
+@pytest.mark.parametrize(("setting", "payload", "sent"), [
+    ("frequency", "550.0000001", 550),
+    ("frequency", "549.9999995", 550),
+    (None, '{"frequency": 549.9999995}', 550),
+    ("core_voltage", "1150.0", 1150),
+])
+async def test_a_value_next_to_an_option_sends_the_option_itself(setting: str | None, payload: str,
+                                                                  sent: int) -> None:
+    guard, poller, _ = setup(config())
+    result = await guard.submit("garage-1", payload, setting)
+    assert result.accepted, result.reason
+    key = "coreVoltage" if setting == "core_voltage" else "frequency"
+    ((_, _, body),) = poller.requests()
+    assert body[key] == sent and type(body[key]) is int  # the list value, not 550.0000001 or 549.9999995
+    assert result.sent == {setting or "frequency": sent}
+
+
+HOSTILE: list[tuple[str, str | None, str | bytes, str]] = [
+    ("brackets 5000 deep", None, "[" * 5000 + "]" * 5000, "bad_payload"),
+    ("objects 3000 deep", None, '{"a":' * 3000 + "1" + "}" * 3000, "bad_payload"),
+    ("nested 3 deep, small", None, '{"frequency": {"a": {"b": 1}}}', "bad_payload"),
+    ("400-digit integer", None, '{"frequency": ' + "9" * 400 + "}", "bad_value"),
+    ("400-digit plain value", "frequency", "9" * 400, "bad_value"),
+    ("1.1 MB object", None, '{"frequency": "' + "x" * 1_100_000 + '"}', "bad_payload"),
+    ("transaction not a string", None, '{"frequency": 550, "transaction": [1]}', "bad_value"),
+    ("80 unknown keys", None, "{" + ",".join(f'"k{i}":1' for i in range(80)) + "}", "unknown_setting"),
+]
+
+
+@pytest.mark.parametrize(("setting", "payload", "code"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+async def test_hostile_payloads_get_one_bounded_result(setting: str | None, payload: str, code: str) -> None:
+    guard, poller, _ = setup(config())
+    seen = []
+    guard.listen(seen.append)
+    result = await guard.submit("garage-1", payload, setting)
+    assert (result.accepted, result.code) == (False, code), result.reason
+    assert seen == [result]
+    assert len(json.dumps(result.as_json())) < 1500  # request echoed up to a limit, then summarised
+    assert poller.requests() == []
+
+
+async def test_transaction_is_echoed_in_accepted_and_refused_results() -> None:
+    guard, _, _ = setup(config())
+    ok = await guard.submit("garage-1", '{"frequency": 550, "transaction": "tx-1"}')
+    assert (ok.accepted, ok.transaction, ok.as_json()["transaction"]) == (True, "tx-1", "tx-1")
+    assert ok.request == {"frequency": 550.0}  # the transaction is not a setting
+    bad = await guard.submit("garage-1", '{"frequency": "fast", "transaction": 42}')
+    assert (bad.code, bad.transaction) == ("bad_value", "42")
+
+
+async def test_unknown_miners_create_no_state_and_refusals_are_counted_and_logged_within_a_budget(
+        caplog: pytest.LogCaptureFixture) -> None:
+    guard, _, published = setup(config())
+    for i in range(300):
+        result = await guard.submit(f"junk-{i}", "550", "frequency")
+        assert result.code == "unknown_miner"
+    for _ in range(50):
+        await guard.submit("garage-1", "fast", "frequency")
+    assert guard._queues == {}  # nothing per unknown miner, and a refusal needs no per-miner state
+    assert guard.counts["unknown_miner"] == 300 and guard.counts["bad_value"] == 50
+    stored = [e for e in published if isinstance(e, Event)]
+    warnings = [r for r in caplog.records if r.name == "bitaxe.commands"]
+    # One budget for every unknown miner's frequency topic, one for garage-1's: 5 each, the rest counted.
+    assert len(stored) == len(warnings) == 10
+
+
+async def test_capabilities_say_what_the_guard_lets_through() -> None:
+    guard, _, _ = setup(config({"allow_custom_clocks": True, "max_frequency": 700, "max_core_voltage": 1300}))
+    caps = guard.capabilities(reading("garage-1", firmware="v2.9.1"))
+    assert caps["frequency_options"] == [400, 490, 525, 550, 600, 625]
+    assert caps["voltage_options"] == [1000, 1060, 1100, 1150, 1200, 1250]
+    assert caps["custom_clocks"] == {"max_frequency": 700, "max_core_voltage": 1300}
+    assert "identify" not in caps["settings"] and caps["board"] == "Gamma" and caps["firmware"] == "v2.9.1"
+    json.dumps(caps, allow_nan=False)

@@ -1,16 +1,12 @@
-"""The Home Assistant dashboard and blueprints: valid YAML with !input, and entity ids discovery produces."""
+"""The Home Assistant blueprints: valid YAML, every !input declared and used (entity ids: test_entity_ids.py)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from bridge.discovery import MinerIdentity, Topics, bridge_discovery, miner_discovery
-from tests.mqtt.readings import reading
 
 HA = Path(__file__).resolve().parents[2] / "homeassistant"
 BLUEPRINTS = sorted((HA / "blueprints" / "automation" / "bitaxe").glob("*.yaml"))
@@ -60,26 +56,3 @@ def test_blueprint_is_valid_and_every_input_is_declared(path: Path) -> None:
     for spec in bp["input"].values():
         assert "selector" in spec and "name" in spec
     assert doc["triggers"] and doc["actions"]
-
-
-def test_dashboard_uses_entity_ids_that_discovery_produces() -> None:
-    text = (HA / "dashboard.yaml").read_text(encoding="utf-8")
-    doc = yaml.safe_load(text)
-    assert doc["views"]
-    topics = Topics()
-    produced = {p["default_entity_id"] for p in bridge_discovery(topics).values()}
-    for miner in ("garage-1", "shed-2"):
-        produced |= {p["default_entity_id"]
-                     for p in miner_discovery(MinerIdentity.of(reading(miner)), topics).values()}
-    used = set(re.findall(r"\b(?:sensor|binary_sensor|select|number|switch|button)\.bitaxe_[a-z0-9_]+", text))
-    assert used, "no entities in the dashboard"
-    assert used <= produced, f"entity ids discovery does not produce: {sorted(used - produced)}"
-
-
-def test_blueprint_examples_name_real_entities() -> None:
-    produced = {p["default_entity_id"]
-                for p in miner_discovery(MinerIdentity.of(reading("garage-1")), Topics()).values()}
-    for path in BLUEPRINTS:
-        for entity in re.findall(r"\b(?:sensor|binary_sensor|select|button)\.bitaxe_garage_1_[a-z0-9_]+",
-                                 path.read_text(encoding="utf-8")):
-            assert entity in produced, (path.name, entity)

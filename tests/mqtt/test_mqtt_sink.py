@@ -65,11 +65,14 @@ async def test_state_availability_and_discovery(mosquitto: Mosquitto) -> None:
         await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/garage-1/availability") == b"offline")
 
 
-async def test_clean_shutdown_says_offline(mosquitto: Mosquitto) -> None:
-    async with running(MqttBridge(config(mosquitto.port))):
-        await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/bridge/availability") == b"online")
+async def test_clean_shutdown_says_offline_for_the_bridge_and_every_miner(mosquitto: Mosquitto) -> None:
+    async with running(MqttBridge(config(mosquitto.port))) as bridge:
+        await bridge.handle(reading("garage-1"))
+        await wait_retained(mosquitto.port, lambda s: s.get("bitaxe/garage-1/availability") == b"online")
     snap = await retained(mosquitto.port, "bitaxe/#")
+    # A client that reads only a miner's availability must not see a stale "online".
     assert snap["bitaxe/bridge/availability"] == b"offline"
+    assert snap["bitaxe/garage-1/availability"] == b"offline" and snap["bitaxe/shed-2/availability"] == b"offline"
 
 
 async def test_last_will_when_the_bridge_is_killed(mosquitto: Mosquitto) -> None:

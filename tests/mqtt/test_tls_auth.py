@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from pydantic import SecretStr
 
 from bridge.cli import main
 from bridge.config import BridgeConfig, MqttConfig, parse_config
@@ -99,7 +100,7 @@ async def test_password_auth(auth_broker: Mosquitto) -> None:
     good = MqttConfig(host="127.0.0.1", port=auth_broker.port, username="bridge", password="s3cret")
     assert await check_mqtt(good) == f"connected to 127.0.0.1:{auth_broker.port} as bridge"
     with pytest.raises(RuntimeError) as err:
-        await check_mqtt(good.model_copy(update={"password": "wrong"}))
+        await check_mqtt(good.model_copy(update={"password": SecretStr("wrong")}))
     assert 'refused user "bridge"' in str(err.value) and "mqtt.password" in str(err.value)
     with pytest.raises(RuntimeError, match=r"refused anonymous login"):
         await check_mqtt(good.model_copy(update={"username": None, "password": None}))

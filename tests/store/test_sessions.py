@@ -40,9 +40,15 @@ async def responder(mosquitto: Mosquitto) -> AsyncIterator[list[dict[str, Any]]]
             async for msg in client.messages:
                 miner = str(msg.topic).split("/")[1]
                 req = json.loads(bytes(msg.payload).decode())
+                transaction = req.pop("transaction")  # echoed in every result, like the guard does
                 seen.append(req)
                 ok = req.get("frequency", 0) <= 600
-                result = {"miner": miner, "request": req, "accepted": ok, "code": "ok" if ok else "range",
+                # A held command's interim result first: the session must wait for the final one.
+                await client.publish(f"bitaxe/{miner}/result", json.dumps(
+                    {"miner": miner, "request": req, "transaction": transaction, "accepted": True,
+                     "code": "queued", "final": False, "reason": "held"}), qos=1)
+                result = {"miner": miner, "request": req, "transaction": transaction, "final": True,
+                          "accepted": ok, "code": "ok" if ok else "range",
                           "reason": "applied" if ok else "frequency 999 MHz is not in the board's options",
                           "applied": {"frequency": req.get("frequency"),
                                       "core_voltage": req.get("core_voltage")} if ok else {}}
