@@ -71,7 +71,7 @@ def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) ->
     cols = list(zip(*rows, strict=True))
 
     def f(i: int) -> np.ndarray:
-        return np.asarray([np.nan if v is None else v for v in cols[i]], dtype=float)
+        return np.asarray(cols[i], dtype=float)  # None (no value in the bin) becomes NaN
 
     k = 4 + len(AGG_MEANS)
     cmax = {c: f(k + 3 + 2 * j) for j, c in enumerate(COUNTERS)}

@@ -130,9 +130,21 @@ def _proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The child reports its own peak RSS (VmHWM): ru_maxrss of a child also counts the parent's pages it
+# shared until exec, which here would be the benchmark's own generated data.
+_LAUNCH = ("import atexit, runpy, sys\n"
+           "def hwm():\n"
+           "    for line in open('/proc/self/status'):\n"
+           "        if line.startswith('VmHWM:'):\n"
+           "            sys.stderr.write('VmHWM ' + line.split()[1] + '\\n')\n"
+           "atexit.register(hwm)\n"
+           "sys.argv[0] = 'bitaxe-analyze'\n"
+           "runpy.run_module('analyzer.cli', run_name='__main__')\n")
+
+
 def measure(source: str, cache: str, server_pid: int | None = None) -> Run:
     """`bitaxe-analyze rank --all --json` in a child process, timed and measured."""
-    cmd = [sys.executable, "-m", "analyzer.cli", "rank", "--all", "--json", "--source", source, "--cache", cache]
+    cmd = [sys.executable, "-c", _LAUNCH, "rank", "--all", "--json", "--source", source, "--cache", cache]
     s0 = _proc_cpu(server_pid)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -140,12 +152,14 @@ def measure(source: str, cache: str, server_pid: int | None = None) -> Run:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        log = err.read().decode()
         if proc.returncode:
-            err.seek(0)
-            raise RuntimeError(f"{' '.join(cmd)} failed: {err.read().decode()[-2000:]}")
+            raise RuntimeError(f"{' '.join(cmd[3:])} failed: {log[-2000:]}")
         out.seek(0)
         result = json.loads(out.read())
-    return Run(wall, usage.ru_utime + usage.ru_stime, _proc_cpu(server_pid) - s0, usage.ru_maxrss / 1024, result)
+    rss = max(int(line.split()[1]) for line in log.splitlines() if line.startswith("VmHWM "))
+    return Run(wall, usage.ru_utime + usage.ru_stime, _proc_cpu(server_pid) - s0, rss / 1024, result)
 
 
 def same_numbers(a: dict[str, object], b: dict[str, object]) -> bool:
@@ -187,7 +201,7 @@ def bench_store(label: str, period: str, points: int, source: str, cache: Path, 
     print(f"{period} {label}: second run {second.wall:.1f} s, {second.rss_mb:.0f} MB", flush=True)
     full = measure(source, "off", pid)
     print(f"{period} {label}: full recomputation {full.wall:.1f} s", flush=True)
-    size = sum(p.stat().st_size for p in cache.parent.glob(cache.name + "*")) / 1e6
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 1e6
     return Row(period, points, label, first, second, full, size)
 
 

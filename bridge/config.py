@@ -157,6 +157,8 @@ class HealthConfig(_Strict):
 
 class BridgeConfig(_Strict):
     miners: list[MinerConfig] = Field(min_length=1)
+    # Several bridges on one broker (docs/scaling.md): each its own name, bridge topics and MQTT client id.
+    instance: str | None = Field(None, pattern=NAME_RE, description="this bridge among several on one broker")
     poll_interval: float = Field(5, ge=0.2, le=3600)
     mqtt: MqttConfig | None = None
     sqlite: SqliteConfig | None = Field(default_factory=SqliteConfig)
@@ -176,7 +178,7 @@ class BridgeConfig(_Strict):
     def _unique(self) -> BridgeConfig:
         from bridge.discovery import Topics, bridge_id, entity_owners, slug  # it imports nothing of config
 
-        topics = Topics(self.mqtt.prefix) if self.mqtt is not None else Topics()
+        topics = Topics(self.mqtt.prefix, instance=self.instance) if self.mqtt is not None else Topics()
         seen: dict[str, int] = {}
         hosts: dict[str, int] = {}
         for i, m in enumerate(self.miners):

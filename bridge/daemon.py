@@ -16,6 +16,7 @@ import aiohttp
 
 from bridge.commands import Guard
 from bridge.config import BridgeConfig
+from bridge.fleet import claim_miners
 from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
 from bridge.safety import Watchdog
@@ -156,6 +157,8 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        if cfg.mqtt is not None:
+            await claim_miners(cfg)  # before the first poll: a miner another instance bridges is refused
         async with make_session(cfg) as session:
             bridge = Bridge(cfg, session, log_readings=log_readings)
             for sink in extra_sinks:
