@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from analyzer.cli import main as analyze
 from simulator.server import Fleet, SimMinerSpec
+from tests.e2e.test_outage_and_kill import start_bridge
 from tests.mqtt.broker import Watcher, retained, wait_retained
 from tests.support.servers import InfluxDB1, Mosquitto
-
-ROOT = Path(__file__).parent.parent.parent
 
 
 def config(tmp: Path, instance: str | None, miners: dict[str, str], mqtt_port: int, influx: str) -> Path:
@@ -34,15 +32,6 @@ def config(tmp: Path, instance: str | None, miners: dict[str, str], mqtt_port: i
     return path
 
 
-async def start(cfg: Path, log: Path) -> asyncio.subprocess.Process:
-    out = open(log, "ab")  # noqa: ASYNC230 - a log file handed to the child
-    try:
-        return await asyncio.create_subprocess_exec(sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg),
-                                                    cwd=ROOT, stdout=out, stderr=out)
-    finally:
-        out.close()
-
-
 def owners(snap: dict[str, bytes]) -> dict[str, str]:
     return {t.split("/")[1]: json.loads(b)["instance"] for t, b in snap.items() if t.endswith("/owner")}
 
@@ -54,8 +43,8 @@ async def test_two_instances_one_broker_one_store(mosquitto: Mosquitto, influxdb
         a_cfg = config(tmp_path, "rack-a", {"m0": h[0], "m1": h[1]}, mosquitto.port, url)
         b_cfg = config(tmp_path, "rack-b", {"m2": h[2], "m3": h[3]}, mosquitto.port, url)
         async with Watcher(mosquitto.port, "bitaxe/bridge/#") as watch:
-            a = await start(a_cfg, tmp_path / "a.log")
-            b = await start(b_cfg, tmp_path / "b.log")
+            a = await start_bridge(a_cfg, tmp_path / "a.log")
+            b = await start_bridge(b_cfg, tmp_path / "b.log")
             snap = await wait_retained(mosquitto.port, lambda s: len(owners(s)) == 4 and all(
                 f"bitaxe/m{i}/state" in s for i in range(4)) and all(
                 s.get(f"bitaxe/bridge/rack-{x}/availability") == b"online" for x in "ab"), limit=60)
@@ -77,7 +66,7 @@ async def test_two_instances_one_broker_one_store(mosquitto: Mosquitto, influxdb
 
             # A third instance that lists m1 (rack-a bridges it) is refused before its first poll.
             c_cfg = config(tmp_path, "rack-c", {"m1": h[1]}, mosquitto.port, url)
-            c = await start(c_cfg, tmp_path / "c.log")
+            c = await start_bridge(c_cfg, tmp_path / "c.log")
             assert await asyncio.wait_for(c.wait(), 30) == 1
             text = (tmp_path / "c.log").read_text()
             assert 'miner "m1" is already bridged by instance "rack-a"' in text, text
@@ -89,7 +78,7 @@ async def test_two_instances_one_broker_one_store(mosquitto: Mosquitto, influxdb
             await watch.wait(lambda: (x := watch.last("bitaxe/bridge/rack-a/availability")) is not None
                              and x.payload == b"offline", limit=30, what="rack-a's last will")
             c_cfg = config(tmp_path, "rack-c", {"m0": h[0], "m1": h[1]}, mosquitto.port, url)
-            c = await start(c_cfg, tmp_path / "c2.log")
+            c = await start_bridge(c_cfg, tmp_path / "c2.log")
             snap = await wait_retained(mosquitto.port, lambda s: owners(s).get("m0") == "rack-c"
                                        and s.get("bitaxe/bridge/rack-c/availability") == b"online", limit=60)
             assert owners(snap) == {"m0": "rack-c", "m1": "rack-c", "m2": "rack-b", "m3": "rack-b"}
