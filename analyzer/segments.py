@@ -34,6 +34,11 @@ class WarmupPolicy:
     fixed_s: float | None = None
     gap_s: float = 120.0  # a hole in the data longer than this is a change point (offline, bridge down)
 
+    @property
+    def first_bin_may_settle(self) -> bool:
+        """Whether a segment can be steady from its first bin (then its shares count from that bin's minimum)."""
+        return (self.fixed_s if self.fixed_s is not None else self.min_s) <= 1e-9
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:

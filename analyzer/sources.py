@@ -38,7 +38,11 @@ class Store(Protocol):
 
     def miners(self) -> list[str]: ...
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins: ...
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
+        """Bins of the range; `counter_min=False` leaves the counters' minima out (NaN): only a segment whose
+        first bin is already steady reads them, and each aggregate costs the database time per bin."""
+        ...
 
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples: ...
 
@@ -164,12 +168,13 @@ class SqliteStore:
         (last,), = self._query("SELECT MAX(time) FROM readings WHERE miner = ?", [miner])
         return None if first is None else (float(first), float(last))
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
         where, args = self._where(miner, since, until)
         aggs = [self._col("hashrate", "COUNT"), *(self._col(k, "AVG") for k in AGG_MEANS),
                 self._col(UPTIME, "MIN"), self._col(UPTIME, "MAX"), self._col(OVERHEAT, "MAX")]
         for c in COUNTERS:
-            aggs += [self._col(c, "MAX"), self._col(c, "MIN")]
+            aggs += [self._col(c, "MAX"), self._col(c, "MIN") if counter_min else "NULL"]
         sql = (f"SELECT CAST(time / ? AS INTEGER) * ? AS b, config, firmware, {', '.join(aggs)} "
                f"FROM readings WHERE {where} GROUP BY b, config, firmware")
         return _bins_from_columns(miner, width, self._query(sql, [width, width, *args]))
@@ -377,14 +382,15 @@ class InfluxStore:
                            f"WHERE {self._where(miner, *rng)} AND {_q(IMPLAUSIBLE)} != 0")
         return sum(int(v[1] or 0) for s in found for v in s.values)
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
         rng = self._range(miner, since, until)
         if rng is None:
             return empty_bins(miner, width)
         aggs = ["COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
                 f"MIN({_q(UPTIME)})", f"MAX({_q(UPTIME)})", f"MAX({_q(OVERHEAT)})"]
         for c in COUNTERS:
-            aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"]
+            aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"] if counter_min else [f"MAX({_q(c)})"]
         w = round(width * 1000)
         where = self._where(miner, *rng)
         q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {where} "
@@ -398,8 +404,10 @@ class InfluxStore:
                 tainted.update(v[0] / 1000.0 for v in s.values)
                 continue
             cfg, fw = s.tags.get("config", ""), s.tags.get("firmware", "")
+            head = 5 + len(AGG_MEANS)  # time, n, the means, uptime min and max, overheat; then the counters
             for v in s.values:
-                rows.append((v[0] / 1000.0, cfg, fw, *v[1:]))
+                tail = v[head:] if counter_min else [x for m in v[head:] for x in (m, None)]
+                rows.append((v[0] / 1000.0, cfg, fw, *v[1:head], *tail))
         bins = _bins_from_columns(miner, width, rows)
         if not tainted:
             return bins

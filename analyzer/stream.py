@@ -88,8 +88,8 @@ def _moved(s: Segment, offset: int) -> Segment:
                    s.end, s.steady_start, s.overheat, s.ended_by)
 
 
-def _chunks(store: Store, miner: str, start: float, stop: float, width: float, fetch: str
-            ) -> Iterator[tuple[Bins, float]]:
+def _chunks(store: Store, miner: str, start: float, stop: float, width: float, fetch: str,
+            policy: WarmupPolicy) -> Iterator[tuple[Bins, float]]:
     """Bins of [start, stop) in queries of about store.chunk_s, each ending on a bin boundary."""
     step = width * max(1, round(store.chunk_s / width))
     t = start
@@ -98,7 +98,7 @@ def _chunks(store: Store, miner: str, start: float, stop: float, width: float, f
         if fetch == "raw":
             yield bin_samples(store.samples(miner, t, end), width), end
         else:
-            yield store.bins(miner, t, end, width), end
+            yield store.bins(miner, t, end, width, counter_min=policy.first_bin_may_settle), end
         t = end
 
 
@@ -170,7 +170,7 @@ class MinerStream:
     def _read(self, plan: _Plan, sink: _Sink, a: float, b: float) -> None:
         seg = plan.segmenter
         seg.add_events(self.store.events(self.miner, a, b))
-        for chunk, end in _chunks(self.store, self.miner, a, b, self.width, self.fetch):
+        for chunk, end in _chunks(self.store, self.miner, a, b, self.width, self.fetch, self.policy):
             if plan.first is not None:
                 chunk = _from_change_point(chunk, plan.first)
                 if not len(chunk) and end <= plan.first.start:
@@ -238,7 +238,7 @@ class MinerStream:
         seg = Segmenter(self.miner, self.width, self.policy, head)
         stop = x.start + 3 * self.width  # the change point at x is final once the bins after it are in
         seg.add_events(self.store.events(self.miner, None, stop))
-        for chunk, end in _chunks(self.store, self.miner, first, stop, self.width, self.fetch):
+        for chunk, end in _chunks(self.store, self.miner, first, stop, self.width, self.fetch, self.policy):
             seg.feed(chunk, end)
         cur = seg.cur
         if cur is None or (cur.start, cur.config, cur.firmware, cur.cause) != (x.start, x.config, x.firmware,

@@ -54,10 +54,11 @@ class Reads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
         assert since is not None and until is not None
         self.ranges.append((since, until))
-        return self.store.bins(miner, since, until, width)
+        return self.store.bins(miner, since, until, width, counter_min=counter_min)
 
 
 def run(store: Store, cache: Path | None, *, width: float = 30.0, policy: WarmupPolicy = POLICY,
@@ -204,7 +205,7 @@ def test_other_options_have_their_own_stream(tmp_path: Path, history: tuple[Samp
     append_sqlite(db, s, events)
     run(SqliteStore(db), cache)
     fixed = WarmupPolicy(fixed_s=300.0)
-    for width, policy in ((60.0, WarmupPolicy()), (30.0, fixed)):
+    for width, policy in ((60.0, WarmupPolicy()), (30.0, fixed), (30.0, WarmupPolicy(fixed_s=0.0))):
         cached = run(SqliteStore(db), cache, width=width, policy=policy)
         fresh = run(SqliteStore(db), None, width=width, policy=policy)
         assert_same(numbers(cached.miners["rig-1"].stats), numbers(fresh.miners["rig-1"].stats))
