@@ -76,17 +76,17 @@ def event_row(e: Event) -> tuple[float | str, ...]:
 class SqliteStore:
     """One connection to the bridge's SQLite file. Use from one thread at a time."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, skipped: ProblemLog | None = None) -> None:
         self.conn = conn
         self.path = path
-        self.skipped = ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
+        self.skipped = skipped or ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
         self._insert_reading = (f"INSERT OR IGNORE INTO readings ({', '.join(map(_q, READING_COLUMNS))}) "
                                 f"VALUES ({', '.join('?' * len(READING_COLUMNS))})")
         self._insert_event = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 
     @classmethod
-    def open(cls, path: str | Path) -> SqliteStore:
+    def open(cls, path: str | Path, skipped: ProblemLog | None = None) -> SqliteStore:
         """Open (creating the file and directories) for writing; brings the schema up to the metric table."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ class SqliteStore:
                         "the bridge", p, mode)
         # NORMAL in WAL mode: a power cut can lose the last transactions, never corrupt the file.
         conn.execute("PRAGMA synchronous = NORMAL")
-        store = cls(conn, p)
+        store = cls(conn, p, skipped)
         store.ensure_schema()
         return store
 
@@ -209,6 +209,7 @@ class SqliteSink:
         self.buffer: list[Reading | Event] = []
         self.written = 0
         self.dropped = 0
+        self.skipped = ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_prune = 0.0
@@ -216,7 +217,7 @@ class SqliteSink:
 
     async def start(self) -> None:
         if self.store is None:
-            self.store = await asyncio.to_thread(SqliteStore.open, self.cfg.path)
+            self.store = await asyncio.to_thread(SqliteStore.open, self.cfg.path, self.skipped)
 
     async def handle(self, item: Reading | Event) -> None:
         self.buffer.append(item)
