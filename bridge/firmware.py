@@ -14,6 +14,7 @@ yields no reading at all (MinerDataError).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from bridge.boards import BOARDS, SMALL_CORES, BoardSpec, spec_for
+from bridge.boards import SMALL_CORES, BoardSpec, boards_like, spec_for
 from bridge.errors import MinerDataError
 from bridge.metrics import METRICS_BY_KEY, with_derived_checked, withhold
 from bridge.problems import ProblemLog
@@ -253,20 +254,26 @@ def parse_info(body: bytes, miner: str, host: str) -> SystemInfo:
     return info
 
 
-def parse_asic(body: bytes, miner: str, host: str, info: SystemInfo) -> BoardInfo:
-    """The board from /api/system/asic; a reply that cannot be trusted gives the board table's facts for the
-    ASIC /info names, marked `source="fallback"` so the client does not cache it (warned once per miner)."""
+def parse_asic(body: bytes, miner: str, host: str, info: SystemInfo, previous: BoardInfo | None = None,
+               ) -> BoardInfo:
+    """The board from /api/system/asic. A reply that cannot be trusted is not used: the board stays the last
+    good one of this miner (same ASIC), or else comes from the board table, marked `source="fallback"` so
+    the client asks again next poll (warned once per miner)."""
     try:
         return _asic_board(body, miner, host, info)
     except MinerDataError as exc:
         refused = exc.problem.removesuffix("; reading skipped")
-    spec = spec_for(info.asic_model, int(info.asic_count or 1))
-    if spec is None:
-        raise MinerDataError(miner, host, ASIC, f"{refused.removeprefix(ASIC + ' ')}, and ASIC "
-                             f'"{info.asic_model}" is not in the board table to fall back on; reading skipped')
-    _refused_asic.report(miner, "asic", f'miner "{miner}" ({host}): {refused}; using the board table\'s '
-                         f"{spec.family} facts until the miner answers sensibly (asked again every poll)")
-    return _table_board(info, spec, "fallback")
+    if previous is not None and previous.asic_model == info.asic_model:
+        board, facts = dataclasses.replace(previous, source="fallback"), "the last good reply's facts"
+    else:
+        spec = _table_spec(info)
+        if spec is None:
+            raise MinerDataError(miner, host, ASIC, f"{refused.removeprefix(ASIC + ' ')}, and ASIC "
+                                 f'"{info.asic_model}" is not in the board table to fall back on; reading skipped')
+        board, facts = _table_board(info, spec, "fallback"), f"the board table's {spec.family} facts"
+    _refused_asic.report(miner, "asic", f'miner "{miner}" ({host}): {refused}; using {facts} until the miner '
+                         "answers sensibly (asked again every poll)")
+    return board
 
 
 def _asic_board(body: bytes, miner: str, host: str, info: SystemInfo) -> BoardInfo:
@@ -281,10 +288,13 @@ def _asic_board(body: bytes, miner: str, host: str, info: SystemInfo) -> BoardIn
         raise refuse(f'it names ASIC "{a.asic_model}", /api/system/info "{info.asic_model}"')
     if a.asic_model not in SMALL_CORES and not _ASIC_RE.match(a.asic_model):
         raise refuse(f'ASIC "{a.asic_model}" is neither known nor named like one (BM1370)')
-    if a.device_model and not _DEVICE_RE.match(a.device_model):
-        raise refuse(f"deviceModel {shown(a.device_model)} does not name a board")
     if _fact(a.asic_count, "asicCount") is None:
         raise refuse(f"asicCount {shown(a.asic_count)} is not a whole number of chips from 1 to 128")
+    # A board the table knows by ASIC and chip count must be one of those; a new one must look like a name.
+    families = [b.family for b in boards_like(a.asic_model, int(a.asic_count))]
+    if a.device_model and (a.device_model not in families if families else not _DEVICE_RE.match(a.device_model)):
+        known = f" (a {a.asic_model} x{int(a.asic_count)} is a {' or '.join(families)})" if families else ""
+        raise refuse(f"deviceModel {shown(a.device_model)} does not name a board{known}")
     for alias, options, default in (("frequencyOptions", a.frequency_options, a.default_frequency),
                                     ("voltageOptions", a.voltage_options, a.default_voltage)):
         low, high = BOARD_FACTS[alias]
@@ -309,7 +319,7 @@ def _asic_board(body: bytes, miner: str, host: str, info: SystemInfo) -> BoardIn
 
 def board_from_info(info: SystemInfo, miner: str, host: str) -> BoardInfo:
     """For firmware without /api/system/asic (< 2.9): the board table, keyed by ASIC model and chip count."""
-    spec = spec_for(info.asic_model, int(info.asic_count or 1))
+    spec = _table_spec(info)
     if spec is None:
         raise MinerDataError(miner, host, INFO,
                              f'reports ASIC "{info.asic_model}", which has no /api/system/asic and is not in '
@@ -317,11 +327,31 @@ def board_from_info(info: SystemInfo, miner: str, host: str) -> BoardInfo:
     return _table_board(info, spec, "table")
 
 
+def _chip_count(info: SystemInfo) -> int:
+    """Chips on the board: asicCount where /info has it (< 2.9), else what expectedHashrate implies."""
+    if info.asic_count:
+        return int(info.asic_count)
+    cores = _small_cores(info, info.asic_model)
+    if info.expected_hashrate and cores and info.frequency > 0:
+        n = info.expected_hashrate * 1000.0 / (info.frequency * cores)  # expected = MHz x cores x chips / 1000
+        if 0.5 <= n <= BOARD_FACTS["asicCount"][1] and abs(n - round(n)) < 0.05:  # NaN fails both
+            return round(n)
+    return 1
+
+
+def _table_spec(info: SystemInfo) -> BoardSpec | None:
+    """The board table's guess: by ASIC and chip count, told apart by the power and voltage /info states."""
+    alike = boards_like(info.asic_model, _chip_count(info))
+    told = [b for b in alike if (b.max_power, b.nominal_voltage) == (info.max_power, info.nominal_voltage)]
+    return (told or alike)[0] if alike else spec_for(info.asic_model, _chip_count(info))
+
+
 def _table_board(info: SystemInfo, spec: BoardSpec, source: str) -> BoardInfo:
-    count = int(info.asic_count or 1)
-    # Boards the table cannot tell apart by ASIC and chip count (GammaDuo 5 V / GammaTurbo 12 V): their
-    # nominal voltage is unknown, and the larger power budget is the one that never flags a real value.
-    alike = [b for b in BOARDS.values() if b.asic_model == spec.asic_model and b.asic_count == count] or [spec]
+    count = _chip_count(info)
+    # Boards the table cannot tell apart (GammaDuo 5 V / GammaTurbo 12 V on firmware that does not state
+    # nominalVoltage): their nominal voltage is unknown, and the larger power budget is the one that never
+    # flags a real value.
+    alike = boards_like(spec.asic_model, count) or [spec]
     nominal = spec.nominal_voltage if len({b.nominal_voltage for b in alike}) == 1 else None
     table_power = max(b.max_power * count / b.asic_count for b in alike)
     return BoardInfo(

@@ -139,7 +139,7 @@ PERCENT = Range(low=0, high=100)
 # ESP-Miner keeps the counters in 64-bit integers; 1e12 shares is millennia of a miner's work and far
 # inside what SQLite INTEGER and InfluxDB int64 hold.
 COUNT = Range(low=0, high=1e12)
-DIFFICULTY = Range(low=0, high=2.0**64)  # the firmware's best difficulty is a uint64
+DIFFICULTY = Range(low=0, high=1.8e19)  # the firmware's best difficulty is a uint64 (at most 1.84e19)
 
 METRICS: tuple[Metric, ...] = (
     Metric(key="hashrate", name="Hashrate", unit="GH/s", icon="mdi:speedometer", precision=1, analyze=True,

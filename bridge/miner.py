@@ -99,7 +99,7 @@ class MinerClient:
         if status == 404:  # firmware < 2.9: no /api/system/asic; asicCount is still in /info
             return board_from_info(info, self.name, self.host)
         self._check_status(status, "/api/system/asic", body)
-        return parse_asic(body, self.name, self.host, info)
+        return parse_asic(body, self.name, self.host, info, self.board)
 
     async def read_board(self) -> BoardInfo:
         """Fresh board facts (options may change after a firmware update)."""

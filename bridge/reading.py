@@ -65,7 +65,7 @@ class BoardInfo:
     nominal_voltage: float | None = None  # V (5 or 12)
     # "asic": the miner said so; "table": inferred from the board table (firmware < 2.9); "fallback": the
     # table stands in for an /api/system/asic reply that was refused, and the client asks again next poll.
-    source: str = "asic"
+    source: str = field(default="asic", compare=False)  # how we know, not what the board is
 
     @property
     def stock(self) -> ClockConfig:
@@ -100,8 +100,13 @@ def shown(value: object) -> str:
         return f"an integer of {value.bit_length()} bits"
     if isinstance(value, int | float):
         return fmt_number(value) if abs(value) < 1e9 else f"{value:.3g}"
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
-    return text[:42] + "…" if len(text) > 42 else text
+    text = value if isinstance(value, str) else repr(value)
+    cut = text[:40]
+    # Control characters and lone surrogates escaped: a log handler cannot write the raw ones.
+    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    if isinstance(value, str):
+        cut = f'"{cut}"'
+    return cut + "…" if len(text) > 40 else cut
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ def test_every_numeric_metric_declares_a_plausible_range() -> None:
     ("fanspeed", 101, "fan_pct", "0 … 100 %"),
     ("wifiRSSI", 20, "wifi_rssi", "-128 … 0 dBm"),
     ("errorPercentage", [0.2], "error_pct", "a valid number"),
-    ("bestDiff", 1e30, "best_diff", "0 … 1.84e+19"),
+    ("bestDiff", 1e30, "best_diff", "0 … 1.8e+19"),
     ("hashRate_1h", 2**63, "hashrate_1h", "0 … 7650 GH/s"),
     ("actualFrequency", 1e308, "actual_frequency", "0 … 1875 MHz"),
     ("coreVoltageActual", -3, "core_voltage_actual", "0 … 1875 mV"),
@@ -167,6 +167,7 @@ def test_documents_that_are_not_usable_are_one_clear_error() -> None:
     ({"asicCount": True}, "asicCount"),
     ({"defaultFrequency": -1}, "default -1"),
     ({"deviceModel": "Gamma\nTurbo"}, "deviceModel"),
+    ({"deviceModel": "Infinity"}, 'deviceModel "Infinity" does not name a board (a BM1370 x2 is a GammaDuo or Gamma'),
     ({"frequencyOptions": []}, "frequencyOptions"),
 ])
 def test_an_asic_reply_that_cannot_be_true_falls_back_to_the_board_table(
@@ -181,6 +182,17 @@ def test_an_asic_reply_that_cannot_be_true_falls_back_to_the_board_table(
     assert board.max_power == 60 and board.frequency_options == (400, 490, 525, 550, 600, 625)
     warnings = [r.getMessage() for r in caplog.records if miner in r.getMessage()]
     assert len(warnings) == 1 and needle in warnings[0] and "board table" in warnings[0]
+
+
+def test_a_refused_asic_reply_keeps_the_last_good_board_or_infers_the_chip_count() -> None:
+    info = parse_info(json.dumps(load("info-v2.15.0.json")).encode(), "m", "h")
+    bad = json.dumps(load("asic-v2.15.0.json") | {"asicCount": "2"}).encode()
+    good = parse_asic(json.dumps(load("asic-v2.15.0.json")).encode(), "m", "h", info)
+    kept = parse_asic(bad, "m", "h", info, previous=good)
+    assert kept.source == "fallback" and kept == good  # equal boards: no discovery re-sent for it
+    # no previous board: 2 chips from expectedHashrate (2142 GH/s = 525 MHz x 2040 cores x 2 / 1000)
+    table = parse_asic(bad, "m", "h", info)
+    assert table.asic_count == 2 and table.device_model == "GammaTurbo" and table.source == "fallback"
 
 
 def test_an_asic_reply_for_an_unknown_chip_without_a_table_entry_is_an_error() -> None:
