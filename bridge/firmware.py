@@ -44,6 +44,8 @@ TEXT_MAX = 128  # characters; the firmware's own strings (hostname, version, ASI
 # An ASIC model as the firmware names it; a new chip (BM1372) is fine, "BMNaN366" is not.
 _ASIC_RE = re.compile(r"^BM\d{4}[A-Z]?$")
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ()+._-]{0,31}$")
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}$")
+_VERSION_RE = re.compile(r"\d+\.\d+")
 # Board facts, by the firmware's field name: what any board running ESP-Miner can plausibly state.
 BOARD_FACTS: dict[str, tuple[float, float]] = {
     "asicCount": (1, 128),
@@ -90,7 +92,7 @@ class SystemInfo(BaseModel):
     asic_model: str = Field(alias="ASICModel")
     version: str
     hostname: str = ""
-    mac: str = Field("", alias="macAddr")
+    mac: str = Field(alias="macAddr")  # identity: "" on some miners (then the configured name), never absent
     board_version: str | None = Field(None, alias="boardVersion")
     frequency: float
     core_voltage: float = Field(alias="coreVoltage")
@@ -227,6 +229,13 @@ def parse_info(body: bytes, miner: str, host: str) -> SystemInfo:
     doc = _document(body, miner, host, INFO)
     info, problems = _validate(SystemInfo, doc, miner, host, INFO)
     fixes: dict[str, Any] = {}
+    # Identity: a reading must be attributable to its miner (MAC: the HA device) and firmware version.
+    if info.mac and not _MAC_RE.match(info.mac):
+        raise MinerDataError(miner, host, INFO, f'field "macAddr" is {shown(info.mac)}, expected a MAC like '
+                             "24:DC:C3:A1:0B:7F (or empty); reading skipped")
+    if not _VERSION_RE.search(info.version):
+        raise MinerDataError(miner, host, INFO, f'field "version" is {shown(info.version)}, expected a version '
+                             'like "v2.15.0"; reading skipped')
     for name, problem in _text_problems(info).items():
         if SystemInfo.model_fields[name].is_required():
             raise MinerDataError(miner, host, INFO, _unusable(problem))

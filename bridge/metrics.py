@@ -78,12 +78,13 @@ class Range:
     def rule(self) -> str:
         """The declaration in words: "-30 … 150", "0 … 2 × maxPower"."""
         if self.per is None:
-            return f"{_num(self.low)} … {_num(self.high)}"
-        low = "0" if self.low == 0 else f"{_num(self.low)} × {self.per.name}"
-        return f"{low} … {_num(self.high)} × {self.per.name}"
+            return f"{fmt_bound(self.low)} … {fmt_bound(self.high)}"
+        low = "0" if self.low == 0 else f"{fmt_bound(self.low)} × {self.per.name}"
+        return f"{low} … {fmt_bound(self.high)} × {self.per.name}"
 
 
-def _num(v: float) -> str:
+def fmt_bound(v: float) -> str:
+    """A range bound for people: 1875, 0.05, 1e+12."""
     return fmt_number(v) if abs(v) < 1e7 else f"{v:.3g}"
 
 
@@ -129,7 +130,7 @@ class Metric:
         assert self.plausible is not None
         low, high = self.plausible.bounds(board)
         unit = f" {self.unit}" if self.unit else ""
-        text = f"{_num(low)} … {_num(high)}{unit}"
+        text = f"{fmt_bound(low)} … {fmt_bound(high)}{unit}"
         return text if self.plausible.per is None else f"{text} ({self.plausible.rule()})"
 
 

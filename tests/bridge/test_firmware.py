@@ -163,8 +163,13 @@ def test_absurd_spike_is_left_out_and_flagged_implausible() -> None:
     ({"coreVoltage": True}, 'field "coreVoltage" is true, expected a valid number'),
     ({"ASICModel": None}, 'field "ASICModel" is null, expected a valid string'),
     ({"version": {"v": 2}}, 'field "version" is {\'v\': 2}, expected a valid string'),
+    ({"version": "NaN"}, 'field "version" is "NaN", expected a version like "v2.15.0"'),
+    ({"macAddr": "24:DC:C3:A1:0B:7ENaN"}, 'field "macAddr" is "24:DC:C3:A1:0B:7ENaN", expected a MAC like'),
+    ({"macAddr": 42}, 'field "macAddr" is 42, expected a valid string'),
 ])
 def test_a_reading_needs_a_plausible_clock_config_and_identity(patch: dict[str, Any], needle: str) -> None:
+    # A reading is attributed to its clock config (tags, analysis, the guard) and its miner (the HA device):
+    # a damaged one would re-ID the miner or invent a config change, so the reading is skipped instead.
     info = load("info-v2.12.0.json") | patch
     with pytest.raises(MinerDataError) as exc:
         reading_from(info, load("asic-v2.12.0.json"), name="garage-1")

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from bridge.miner import MinerClient
 from bridge.reading import Reading
 from bridge.safety import breaches
 from bridge.sinks import LogSink
+from bridge.store.doc import ranges_markdown
 from simulator.mutate import HUGE, mutate
 from tests.bridge.test_firmware import FIX, VERSIONS, load, reading_from
 from tests.support.fixture_miner import FixtureMiner
@@ -268,3 +270,8 @@ def test_damaged_documents_give_a_plausible_reading_or_one_clear_error() -> None
         assert all(len(t) <= 128 for t in store_tags(r).values())
     # the damage is spread: every outcome happens, and most documents still give a reading
     assert min(outcomes.values()) > 100 and outcomes["error"] < 1500, outcomes
+
+
+def test_the_firmware_doc_has_the_generated_range_table() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "firmware.md").read_text()
+    assert ranges_markdown() in doc
