@@ -53,7 +53,8 @@ class LogSink:
     async def handle(self, item: Item) -> None:
         if isinstance(item, Reading):
             for p in item.problems:
-                self.implausible.report(item.miner, p.field, f"miner {item.miner}: {p}; left out of its readings")
+                self.implausible.report(item.miner, p.field, f"miner {item.miner}: {p}; value left out, reading "
+                                        "flagged implausible")
             if self.log.isEnabledFor(logging.INFO):
                 self.log.info(
                     "%-12s %-10s %-8s %8s GH/s %6s W %s J/TH %s°C fw %s%s%s",
