@@ -132,6 +132,7 @@ async def _check_connections(cfg: BridgeConfig) -> int:
     from bridge.daemon import make_session
     from bridge.errors import MinerError
     from bridge.miner import MinerClient
+    from bridge.reading import fmt_maybe
 
     failed = 0
     async with make_session(cfg) as session:
@@ -148,7 +149,7 @@ async def _check_connections(cfg: BridgeConfig) -> int:
                 b = res.board
                 click.echo(f"  ok   miner {client.name} ({client.host}): {b.device_model} {b.asic_model}"
                            f" x{b.asic_count}, firmware {res.firmware}, {res.config_tag}, "
-                           f"{res.hashrate:.0f} GH/s, {res.power:.1f} W")
+                           f"{fmt_maybe(res.hashrate, '.0f')} GH/s, {fmt_maybe(res.power, '.1f')} W")
     for name, check in _server_checks(cfg):
         try:
             msg = await check
