@@ -136,12 +136,19 @@ class HttpConfig(_Strict):
     max_backoff: float = Field(60, ge=0.1, le=3600)
 
 
+class PrometheusConfig(_Strict):
+    # All interfaces by default: Prometheus scrapes from another machine, like node_exporter's :9100.
+    host: str = Field("0.0.0.0", min_length=1, description="address to bind; 127.0.0.1 for this machine only")
+    port: int = Field(9464, ge=1, le=65535)
+
+
 class BridgeConfig(_Strict):
     miners: list[MinerConfig] = Field(min_length=1)
     poll_interval: float = Field(5, ge=0.2, le=3600)
     mqtt: MqttConfig | None = None
     sqlite: SqliteConfig | None = Field(default_factory=SqliteConfig)
     influxdb: InfluxConfig | None = None
+    prometheus: PrometheusConfig | None = None  # off by default; `prometheus: {}` serves /metrics on :9464
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
