@@ -21,7 +21,7 @@ servers:
 	bash scripts/install-servers
 
 lint: setup
-	$(BIN)/ruff check bridge analyzer simulator tests bench
+	$(BIN)/ruff check bridge analyzer simulator tests bench dashboards
 	$(BIN)/mypy
 
 test: servers setup lint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from bridge.config import BridgeConfig, parse_config
@@ -47,3 +47,13 @@ async def wait_for(predicate: Callable[[], object], limit: float = 20.0, what: s
                 await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"timed out after {limit:g} s waiting for {what or predicate}") from None
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, limit: float = 30.0) -> None:
+    """Like wait_for, for a check that has to await (a query to a server)."""
+    try:
+        async with asyncio.timeout(limit):
+            while not await check():
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {limit:g} s waiting for {what}") from None

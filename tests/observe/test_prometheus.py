@@ -15,7 +15,7 @@ import pytest
 from bridge.metrics import METRICS
 from bridge.prometheus import PLANS, family_name
 from simulator.server import Fleet, SimMinerSpec
-from tests.observe.support import bridge_running, fleet_config, wait_for
+from tests.observe.support import bridge_running, fleet_config, until, wait_for
 from tests.support.servers import Prometheus, free_port
 
 NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -125,7 +125,7 @@ async def test_real_prometheus_averages_per_miner_and_per_clock_config(tmp_path:
                 async def up() -> bool:
                     return len([r for r in await query(prom, "bitaxe_miner_up == 1")]) == 2
 
-                await _until(up, "Prometheus to scrape both miners as up")
+                await until(up, "Prometheus to scrape both miners as up")
                 await asyncio.sleep(3)  # a few scrapes at the stock configs
                 before = time.time()
                 result = await bridge.guard.submit("m0", {"frequency": 490, "core_voltage": 1100}, source="test")
@@ -135,7 +135,7 @@ async def test_real_prometheus_averages_per_miner_and_per_clock_config(tmp_path:
                     got = await query(prom, 'bitaxe_power_watts{miner="m0"}')
                     return [r["metric"]["frequency"] for r in got] == ["490"]
 
-                await _until(changed, "a scrape of m0 at 490@1100")
+                await until(changed, "a scrape of m0 at 490@1100")
                 await asyncio.sleep(3)
 
                 # The query, at one instant: one series per config running then.
@@ -161,12 +161,3 @@ async def test_real_prometheus_averages_per_miner_and_per_clock_config(tmp_path:
 
 def _configs(result: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(r["metric"]["frequency"], r["metric"]["core_voltage"]) for r in result}
-
-
-async def _until(check: Any, what: str, limit: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(limit):
-            while not await check():
-                await asyncio.sleep(0.3)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
