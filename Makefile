@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/mqtt.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
+	$(BIN)/python -m bench.prometheus --write
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Prometheus /metrics: every numeric metric of the metric table, per miner and clock config, plus the bridge's own.
 
-A Sink keeps the latest reading of each miner; a custom Collector renders those at scrape time. So a
+A Sink keeps the latest reading of each miner; a scrape renders a snapshot of those (a custom Collector,
+in a thread so the event loop keeps polling). So a
 clock change replaces a miner's series (labels `frequency`, `core_voltage`) instead of leaving the old
 config's series behind with a frozen value, and an offline miner drops out of every family but `up`.
 Family names are derived from `Metric.key`, `unit` and `state_class` with Prometheus conventions
@@ -14,7 +15,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,7 +23,6 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.core import Metric as Family
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from bridge.config import BridgeConfig, PrometheusConfig
 from bridge.metrics import METRICS, Metric, Value
@@ -130,7 +130,7 @@ class BridgeView(Protocol):
 
 
 class PrometheusSink:
-    """Sink + Collector: keeps each miner's latest reading and availability; renders them on a scrape."""
+    """The Sink: keeps each miner's latest reading and availability; /metrics renders a snapshot of them."""
 
     name = "prometheus"
 
@@ -141,8 +141,6 @@ class PrometheusSink:
         self.latest: dict[str, Reading] = {}
         self.online: dict[str, bool] = {}
         self.commands: Counter[tuple[str, str, str]] = Counter()  # (miner, source, code)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)  # a Collector is anything with collect()
         self.bound: tuple[str, int] | None = None  # where /metrics is served, once it is
 
     @classmethod
@@ -191,9 +189,32 @@ class PrometheusSink:
             self.bound = None
             await runner.cleanup()
 
+    def snapshot(self) -> Snapshot:
+        """Everything a scrape renders, copied on the event loop (cheap) so the rendering can leave it."""
+        polls: tuple[tuple[str, int, int], ...] = ()
+        queues: tuple[tuple[str, int, int, int], ...] = ()
+        backlog: tuple[tuple[str, int], ...] = ()
+        connected: bool | None = None
+        if self.bridge is not None:
+            polls = tuple((name, st.polls, st.errors) for name, st in self.bridge.poller.miners.items())
+            for q in self.bridge.fanout.queues:
+                queues += ((q.sink.name, q.queue.qsize(), q.dropped, q.failed),)
+                stats = q.sink.stats() if hasattr(q.sink, "stats") else {}
+                if "pending" in stats:  # a store's on-disk spool
+                    backlog += ((q.sink.name, int(stats["pending"])),)
+                if "connected" in stats:  # the MQTT broker link
+                    connected = bool(stats["connected"])
+        return Snapshot(
+            miners=self.miners, readings=tuple(r for name, r in self.latest.items() if self.online.get(name)),
+            online={m: bool(self.online.get(m)) for m in self.miners},
+            last_time={m: r.time for m, r in self.latest.items()}, commands=tuple(sorted(self.commands.items())),
+            polls=polls, queues=queues, backlog=backlog, mqtt_connected=connected)
+
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(self.registry)
+        # Rendering 1,000 miners takes most of a second of CPU (docs/performance.md): in a thread, from a
+        # snapshot, so polling goes on meanwhile.
+        body = await asyncio.to_thread(encoder, self.snapshot())  # a Snapshot is a Collector (it has collect())
         # content_type carries its own charset and version parameters; aiohttp wants them in the header.
         return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -201,13 +222,27 @@ class PrometheusSink:
         return web.Response(text='<html><body><a href="/metrics">/metrics</a></body></html>',
                             content_type="text/html")
 
-    # ---- Collector ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot:
+    """One scrape's data; `collect()` makes it a Collector for prometheus-client's encoders."""
+
+    miners: tuple[str, ...]
+    readings: tuple[Reading, ...]  # the latest reading of every online miner
+    online: dict[str, bool]
+    last_time: dict[str, float]
+    commands: tuple[tuple[tuple[str, str, str], int], ...]
+    polls: tuple[tuple[str, int, int], ...]  # (miner, polls, failures)
+    queues: tuple[tuple[str, int, int, int], ...]  # (sink, queued, dropped, failed)
+    backlog: tuple[tuple[str, int], ...]  # (sink, points spooled)
+    mqtt_connected: bool | None
+
     def collect(self) -> Iterator[Family]:
-        readings = [(labels_of(r), r) for name, r in self.latest.items() if self.online.get(name)]
+        labelled = [(labels_of(r), r) for r in self.readings]
         for plan in PLANS:
             family_type = CounterMetricFamily if plan.counter else GaugeMetricFamily
             family = family_type(plan.name, plan.help, labels=LABELS)
-            for labels, r in readings:
+            for labels, r in labelled:
                 value = plan.value_fn(r)
                 if value is None:
                     continue  # the firmware does not report it: no sample rather than a fake 0
@@ -220,52 +255,44 @@ class PrometheusSink:
         seen = GaugeMetricFamily(f"{PREFIX}_miner_last_reading_timestamp_seconds",
                                  "Unix time of the miner's latest reading", labels=["miner"])
         for miner in self.miners:
-            up.add_metric([miner], 1.0 if self.online.get(miner) else 0.0)
-            if miner in self.latest:
-                seen.add_metric([miner], self.latest[miner].time)
-        yield up
-        yield seen
+            up.add_metric([miner], 1.0 if self.online[miner] else 0.0)
+            if miner in self.last_time:
+                seen.add_metric([miner], self.last_time[miner])
         commands = CounterMetricFamily(f"{PREFIX}_bridge_commands", "Commands through the guard, by outcome "
                                        '(code "ok" = accepted) and source', labels=["miner", "source", "code"])
-        for (miner, source, code), n in sorted(self.commands.items()):
+        for (miner, source, code), n in self.commands:
             commands.add_metric([miner, source, code], float(n))
-        yield commands
-        if self.bridge is not None:
-            yield from bridge_families(self.bridge)
+        yield from (up, seen, commands)
+        yield from self._bridge()
 
-
-def bridge_families(bridge: BridgeView) -> Iterator[Family]:
-    """The bridge's own counters: polls and failures per miner, sink queues, spool backlog, broker link."""
-    polls = CounterMetricFamily(f"{PREFIX}_bridge_polls", "Polls of a miner (answered or not)", labels=["miner"])
-    failures = CounterMetricFamily(f"{PREFIX}_bridge_poll_failures", "Polls of a miner that failed",
-                                   labels=["miner"])
-    states: Mapping[str, Any] = bridge.poller.miners
-    for name, state in states.items():
-        polls.add_metric([name], float(state.polls))
-        failures.add_metric([name], float(state.errors))
-    yield polls
-    yield failures
-    queued = GaugeMetricFamily(f"{PREFIX}_bridge_sink_queue_items", "Items waiting in a sink's queue",
-                               labels=["sink"])
-    dropped = CounterMetricFamily(f"{PREFIX}_bridge_sink_dropped", "Items a full sink queue dropped",
-                                  labels=["sink"])
-    failed = CounterMetricFamily(f"{PREFIX}_bridge_sink_failures", "Items a sink failed on", labels=["sink"])
-    backlog = GaugeMetricFamily(f"{PREFIX}_bridge_spool_backlog_points",
-                                "Points spooled on disk, not yet acknowledged by the store", labels=["sink"])
-    connected = GaugeMetricFamily(f"{PREFIX}_bridge_mqtt_connected", "1 while connected to the MQTT broker")
-    for q in bridge.fanout.queues:
-        sink = q.sink.name
-        queued.add_metric([sink], float(q.queue.qsize()))
-        dropped.add_metric([sink], float(q.dropped))
-        failed.add_metric([sink], float(q.failed))
-        stats = getattr(q.sink, "stats", None)
-        if stats is None:
-            continue
-        values = stats()
-        if "pending" in values:
-            backlog.add_metric([sink], float(values["pending"]))
-        if "connected" in values:
-            connected.add_metric([], 1.0 if values["connected"] else 0.0)
-    yield from (queued, dropped, failed)
-    # Only where the bridge has such a sink (InfluxDB spool, MQTT broker): no empty families.
-    yield from (f for f in (backlog, connected) if f.samples)
+    def _bridge(self) -> Iterator[Family]:
+        """The bridge's own counters: polls and failures per miner, sink queues, spool backlog, broker link."""
+        if not self.polls and not self.queues:
+            return  # a sink without a bridge (tests, benchmarks)
+        polls = CounterMetricFamily(f"{PREFIX}_bridge_polls", "Polls of a miner (answered or not)",
+                                    labels=["miner"])
+        failures = CounterMetricFamily(f"{PREFIX}_bridge_poll_failures", "Polls of a miner that failed",
+                                       labels=["miner"])
+        for miner, n, failed_polls in self.polls:
+            polls.add_metric([miner], float(n))
+            failures.add_metric([miner], float(failed_polls))
+        queued = GaugeMetricFamily(f"{PREFIX}_bridge_sink_queue_items", "Items waiting in a sink's queue",
+                                   labels=["sink"])
+        dropped = CounterMetricFamily(f"{PREFIX}_bridge_sink_dropped", "Items a full sink queue dropped",
+                                      labels=["sink"])
+        failed = CounterMetricFamily(f"{PREFIX}_bridge_sink_failures", "Items a sink failed on", labels=["sink"])
+        for sink, n_queued, n_dropped, n_failed in self.queues:
+            queued.add_metric([sink], float(n_queued))
+            dropped.add_metric([sink], float(n_dropped))
+            failed.add_metric([sink], float(n_failed))
+        yield from (polls, failures, queued, dropped, failed)
+        # Only where the bridge has such a sink (InfluxDB spool, MQTT broker): no empty families.
+        if self.backlog:
+            backlog = GaugeMetricFamily(f"{PREFIX}_bridge_spool_backlog_points",
+                                        "Points spooled on disk, not yet acknowledged by the store", labels=["sink"])
+            for sink, points in self.backlog:
+                backlog.add_metric([sink], float(points))
+            yield backlog
+        if self.mqtt_connected is not None:
+            yield GaugeMetricFamily(f"{PREFIX}_bridge_mqtt_connected", "1 while connected to the MQTT broker",
+                                    value=1.0 if self.mqtt_connected else 0.0)
