@@ -115,6 +115,8 @@ def check_config(config_path: str, config_opt: str | None, offline: bool) -> Non
     click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")
     click.echo(f"  sqlite:   {cfg.sqlite.path if cfg.sqlite else 'off'}")
     click.echo(f"  influxdb: {cfg.influxdb.url if cfg.influxdb else 'off'}")
+    prom = cfg.prometheus
+    click.echo(f"  prometheus: {f'http://{prom.host}:{prom.port}/metrics' if prom else 'off'}")
     if offline:
         return
     problems = asyncio.run(_check_connections(cfg))

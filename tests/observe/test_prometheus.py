@@ -161,3 +161,10 @@ async def test_real_prometheus_averages_per_miner_and_per_clock_config(tmp_path:
 
 def _configs(result: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(r["metric"]["frequency"], r["metric"]["core_voltage"]) for r in result}
+
+
+def test_docs_list_every_family() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    missing = [p.name + ("_total" if p.counter else "") for p in PLANS
+               if f"`{p.name}{'_total' if p.counter else ''}`" not in doc]
+    assert not missing, f"docs/dashboards.md does not list {missing}"
