@@ -232,9 +232,6 @@ def top(config_path: str, attach: bool, mqtt_addr: str | None, prefix: str | Non
     from bridge.top.model import FleetSource, Limits
     from bridge.top.remote import MqttSource
 
-    if not sys.stdout.isatty():
-        raise click.ClickException("top draws a full-screen dashboard and needs a terminal; run it in one "
-                                   "(or use `bitaxe-bridge run --log-readings` for a log)")
     source: FleetSource
     if mqtt_addr is not None:
         host, port = parse_broker(mqtt_addr)
@@ -250,6 +247,9 @@ def top(config_path: str, attach: bool, mqtt_addr: str | None, prefix: str | Non
         else:
             source = LocalSource(standalone(cfg), description=f"standalone: {len(cfg.miners)} miner(s) from "
                                  f"{config_path}")
+    if not sys.stdout.isatty():
+        raise click.ClickException("top draws a full-screen dashboard and needs a terminal; run it in one "
+                                   "(or use `bitaxe-bridge run --log-readings` for a log)")
     app = TopApp(source)
     app.run()
     if app.return_code:

@@ -141,7 +141,6 @@ class PrometheusSink:
         self.latest: dict[str, Reading] = {}
         self.online: dict[str, bool] = {}
         self.commands: Counter[tuple[str, str, str]] = Counter()  # (miner, source, code)
-        self.bound: tuple[str, int] | None = None  # where /metrics is served, once it is
 
     @classmethod
     def from_config(cls, cfg: BridgeConfig, bridge: BridgeView | None = None) -> PrometheusSink:
@@ -182,11 +181,9 @@ class PrometheusSink:
                               exc.strerror or exc, RETRY_BIND)
                     await asyncio.sleep(RETRY_BIND)
                     continue
-                self.bound = (self.cfg.host, self.cfg.port)
                 log.info("prometheus: serving http://%s:%d/metrics", self.cfg.host, self.cfg.port)
                 await asyncio.Event().wait()
         finally:
-            self.bound = None
             await runner.cleanup()
 
     def snapshot(self) -> Snapshot:

@@ -168,3 +168,23 @@ def test_docs_list_every_family() -> None:
     missing = [p.name + ("_total" if p.counter else "") for p in PLANS
                if f"`{p.name}{'_total' if p.counter else ''}`" not in doc]
     assert not missing, f"docs/dashboards.md does not list {missing}"
+
+
+async def test_a_taken_port_is_logged_with_the_fix_and_the_sink_keeps_running(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from bridge.config import PrometheusConfig
+    from bridge.prometheus import PrometheusSink
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sink = PrometheusSink(PrometheusConfig(host="127.0.0.1", port=port), ["m0"])
+        task = asyncio.create_task(sink.run())
+        await wait_for(lambda: "prometheus.port" in caplog.text, what="the error naming prometheus.port")
+        assert not task.done()  # retrying, not crashing the bridge
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert f"cannot listen on 127.0.0.1:{port}" in caplog.text

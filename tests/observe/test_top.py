@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from textual.widgets import DataTable, OptionList
@@ -170,10 +171,14 @@ def test_status_follows_limits_flags_and_the_tuning_hook() -> None:
     assert [c.key for c in COLUMNS][:3] == ["name", "board", "config"]
 
 
-def test_top_outside_a_terminal_says_so_instead_of_drawing() -> None:
+def test_top_command_line_errors_say_what_to_do(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from bridge.cli import main
 
     res = CliRunner().invoke(main, ["top", "--mqtt", "127.0.0.1:1"])
     assert res.exit_code != 0 and "needs a terminal" in res.output
+    config = tmp_path / "config.yaml"
+    config.write_text("miners: [{name: a, host: 127.0.0.1}]\n")
+    res = CliRunner().invoke(main, ["top", "--config", str(config), "--attach"])
+    assert res.exit_code != 0 and "no mqtt section" in res.output and "without --attach" in res.output
