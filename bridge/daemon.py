@@ -18,7 +18,6 @@ from bridge.commands import Guard
 from bridge.config import BridgeConfig
 from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
-from bridge.prometheus import PrometheusSink
 from bridge.safety import Watchdog
 from bridge.sinks import Fanout, LogSink, Sink
 from bridge.store import STORE_QUEUE_SIZE, build_store_sinks
@@ -48,6 +47,8 @@ class Bridge:
             self.mqtt = MqttBridge(cfg, self.guard)
             self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
         if cfg.prometheus is not None:
+            from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
+
             self.fanout.add(PrometheusSink.from_config(cfg, self), maxsize=10_000, drop_oldest=True)
 
     def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
