@@ -78,7 +78,7 @@ def _prom(expr: str, ref: str = "A", legend: str = "", instant: bool = False) ->
 
 
 def _dashboard(title: str, uid: str, ds_type: str, miner_var: dict[str, Any], panels: list[dict[str, Any]],
-               annotations: list[dict[str, Any]]) -> dict[str, Any]:
+               annotations: list[dict[str, Any]], extra_vars: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
     return {
         "title": title, "uid": uid, "tags": ["bitaxe", "bitaxe-bridge"], "timezone": "browser",
         "schemaVersion": 39, "version": 1, "editable": True, "refresh": "30s",
@@ -87,6 +87,7 @@ def _dashboard(title: str, uid: str, ds_type: str, miner_var: dict[str, Any], pa
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": ds_type,
              "current": {}, "hide": 0},
+            *extra_vars,
             miner_var,
         ]},
         "panels": panels,
@@ -213,6 +214,85 @@ def grafana_prometheus() -> dict[str, Any]:
                       annotations)
 
 
+def _flux(fields: tuple[str, ...], measurement: str = "bitaxe") -> str:
+    """The start of every Flux query: the bucket, the dashboard's time range, the fields, the chosen miners."""
+    wanted = " or ".join(f'r._field == "{f}"' for f in fields)
+    return (f'from(bucket: "${{bucket}}")\n'
+            "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
+            f'  |> filter(fn: (r) => r._measurement == "{measurement}" and ({wanted}) '
+            "and r.miner =~ /^${miner:regex}$/)\n")
+
+
+def grafana_flux() -> dict[str, Any]:
+    ds = {"type": "influxdb", "uid": "${datasource}"}
+    both = _flux(("hashrate", "power"))
+    fleet = (f"{both}  |> last()\n  |> group(columns: [\"_field\"])\n  |> sum()\n"
+             '  |> pivot(rowKey: [], columnKey: ["_field"], valueColumn: "_value")\n')
+    stats = [
+        ("Fleet hashrate", f'{_flux(("hashrate",))}  |> last()\n  |> group()\n  |> sum()', "suffix:GH/s"),
+        ("Fleet power", f'{_flux(("power",))}  |> last()\n  |> group()\n  |> sum()', "watt"),
+        ("Fleet efficiency (J/TH)", f"{fleet}  |> map(fn: (r) => ({{_value: 1000.0 * r.power / r.hashrate}}))",
+         "none"),
+        ("Miners reporting", f'{_flux(("hashrate",))}  |> last()\n  |> group()\n  |> count()', "none"),
+    ]
+    panels = _overview(ds, [(title, {"refId": "A", "query": query}, unit) for title, query, unit in stats])
+    pid = len(panels) + 1
+    now_fields = ("hashrate", "expected_hashrate", "power", "j_per_th", "asic_temp", "vr_temp", "error_pct",
+                  "fan_pct", "frequency", "core_voltage", "uptime")
+    now = (f"{_flux(now_fields)}  |> last()\n  |> group(columns: [\"miner\"])\n"
+           '  |> pivot(rowKey: ["miner"], columnKey: ["_field"], valueColumn: "_value")\n  |> group()\n'
+           f"  |> keep(columns: {json.dumps(['miner', *now_fields])})")
+    panels.append(_panel(pid, "table", "Miners now", {"x": 0, "y": 5, "w": 24, "h": 7}, ds,
+                         [{"refId": "A", "query": now}]))
+    pid += 1
+    panels.append(_row("Per miner", 12, pid))
+    pid += 1
+    for i, s in enumerate(SERIES):
+        query = (f'{_flux((s.field,))}  |> group(columns: ["miner"])\n'
+                 "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)")
+        panels.append(_panel(pid, "timeseries", s.title, _grid(i, 12, 8, 2, 13), ds, [{"refId": "A", "query": query}],
+                             s.unit))
+        pid += 1
+    y = 13 + 8 * ((len(SERIES) + 1) // 2)
+    panels.append(_row("By clock config", y, pid))
+    pid += 1
+    by_config = (f'{_flux(("hashrate",))}  |> group(columns: ["miner", "config"])\n'
+                 "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)")
+    panels.append(_panel(pid, "timeseries", "Hashrate by clock config", {"x": 0, "y": y + 1, "w": 24, "h": 8}, ds,
+                         [{"refId": "A", "query": by_config}], "suffix:GH/s"))
+    pid += 1
+    # Total energy over total hashes per config, hashing readings only: the fields side by side first.
+    per_config = (f'{_flux(("hashrate", "power", "asic_temp", "not_hashing"))}'
+                  '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                  "  |> filter(fn: (r) => r.not_hashing == 0)\n"
+                  '  |> group(columns: ["miner", "config"])\n'
+                  "  |> reduce(identity: {w: 0.0, h: 0.0, t: 0.0, n: 0.0}, fn: (r, accumulator) => ({"
+                  "w: accumulator.w + r.power, h: accumulator.h + r.hashrate, t: accumulator.t + r.asic_temp, "
+                  "n: accumulator.n + 1.0}))\n"
+                  '  |> map(fn: (r) => ({miner: r.miner, config: r.config, "J/TH": 1000.0 * r.w / r.h, '
+                  '"GH/s": r.h / r.n, W: r.w / r.n, "chip °C": r.t / r.n, readings: r.n}))\n'
+                  "  |> group()")
+    panels.append(_panel(pid, "table", "J/TH per clock config", {"x": 0, "y": y + 9, "w": 24, "h": 8}, ds,
+                         [{"refId": "A", "query": per_config}]))
+    pid += 1
+    events = (f'{_flux(("message",), "bitaxe_event")}  |> group()\n  |> sort(columns: ["_time"], desc: true)\n'
+              '  |> limit(n: 200)\n  |> keep(columns: ["_time", "miner", "kind", "_value"])')
+    panels.append(_panel(pid, "table", "Events (config changes, restarts, safety, commands)",
+                         {"x": 0, "y": y + 17, "w": 24, "h": 8}, ds, [{"refId": "A", "query": events}]))
+    bucket_var = {"name": "bucket", "label": "Bucket", "type": "textbox", "query": "bitaxe",
+                  "current": {"text": "bitaxe", "value": "bitaxe"}, "hide": 0}
+    miner_var = {"name": "miner", "label": "Miner", "type": "query", "datasource": ds,
+                 "query": 'import "influxdata/influxdb/schema"\n\nschema.tagValues(bucket: "${bucket}", tag: "miner")',
+                 "multi": True, "includeAll": True, "current": {"text": "All", "value": "$__all"}, "refresh": 2,
+                 "sort": 1, "hide": 0}
+    changes = (f'{_flux(("message",), "bitaxe_event")}  |> filter(fn: (r) => r.kind == "config_change")\n'
+               '  |> group()\n  |> rename(columns: {_value: "text"})')
+    annotations = [{"name": "Clock config changes", "datasource": ds, "enable": True, "iconColor": "orange",
+                    "query": changes, "textColumn": "text", "tagsColumn": "miner"}]
+    return _dashboard("Bitaxe fleet (InfluxDB 2.x, Flux)", "bitaxe-fleet-flux", "influxdb", miner_var, panels,
+                      annotations, (bucket_var,))
+
+
 # ---- Chronograf ---------------------------------------------------------------------------------------
 
 FROM = f'"{DB}"."{RP}"."bitaxe"'
@@ -270,6 +350,7 @@ def chronograf() -> dict[str, Any]:
 
 FILES = {
     "grafana-influxdb.json": grafana_influxql,
+    "grafana-influxdb-flux.json": grafana_flux,
     "grafana-prometheus.json": grafana_prometheus,
     "chronograf-influxdb.json": chronograf,
 }

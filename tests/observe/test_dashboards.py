@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,9 @@ GRAFANA_INFLUX = {"$timeFilter": "time > now() - 1h", "$__interval": "2s", "$min
 CHRONOGRAF = {":dashboardTime:": "now() - 1h", ":upperDashboardTime:": "now()", ":interval:": "2s",
               ":miner:": "'m0'", ":database:": '"bitaxe"', ":measurement:": '"bitaxe"', ":tagKey:": '"miner"'}
 GRAFANA_PROM = {"$__range": "2m", "$__rate_interval": "15s", "$miner": "m0|m1"}
+GRAFANA_FLUX = {"v.timeRangeStart": "-1h", "v.timeRangeStop": "now()", "v.windowPeriod": "2s", "${bucket}": "bitaxe",
+                "${miner:regex}": "(m0|m1)"}
+FLUX_CHECKER = Path(__file__).resolve().parents[1] / "support" / "flux"
 
 
 def generator() -> ModuleType:
@@ -50,7 +54,7 @@ def load(name: str) -> Any:
 def substitute(query: str, values: dict[str, str]) -> str:
     for var in sorted(values, key=len, reverse=True):  # $__interval before $__i…, :dashboardTime: before …
         query = query.replace(var, values[var])
-    left = re.findall(r"\$\w+|:\w+:", query)
+    left = re.findall(r"\$\{?\w+|:\w+:|\bv\.\w+", query)
     assert not left, f"unsubstituted template variables {left} in {query}"
     return query
 
@@ -69,6 +73,11 @@ def grafana_influxql(doc: Any) -> list[str]:
     return [d["query"] for d in walk(doc) if isinstance(d.get("query"), str) and d.get("type") != "datasource"]
 
 
+def grafana_flux(doc: Any) -> list[str]:
+    return [d["query"] for d in walk(doc)
+            if isinstance(d.get("query"), str) and d.get("type") not in ("datasource", "textbox")]
+
+
 def grafana_promql(doc: Any) -> list[str]:
     return [d["expr"] for d in walk(doc) if isinstance(d.get("expr"), str)]
 
@@ -78,7 +87,8 @@ def chronograf_influxql(doc: Any) -> list[str]:
     return cells + [t["query"]["influxql"] for t in doc["dashboard"]["templates"]]
 
 
-@pytest.mark.parametrize("name", ["grafana-influxdb.json", "grafana-prometheus.json", "chronograf-influxdb.json"])
+@pytest.mark.parametrize("name", ["grafana-influxdb.json", "grafana-influxdb-flux.json", "grafana-prometheus.json",
+                                  "chronograf-influxdb.json"])
 def test_dashboard_files_are_what_the_generator_writes(name: str) -> None:
     assert (DASHBOARDS / name).read_text(encoding="utf-8") == generator().render(name), \
         "run `python dashboards/generate.py` and commit the result"
@@ -86,6 +96,7 @@ def test_dashboard_files_are_what_the_generator_writes(name: str) -> None:
 
 def test_queries_are_found_in_every_dashboard() -> None:
     assert len(grafana_influxql(load("grafana-influxdb.json"))) >= 12
+    assert len(grafana_flux(load("grafana-influxdb-flux.json"))) >= 12
     assert len(grafana_promql(load("grafana-prometheus.json"))) >= 12
     assert len(chronograf_influxql(load("chronograf-influxdb.json"))) >= 10
 
@@ -164,3 +175,26 @@ async def _check_promql(prom: Prometheus) -> None:
         if not vector:
             empty.append(expr)
     assert not empty, "PromQL without data:\n" + "\n".join(empty)
+
+
+def flux_valid(scripts: list[str]) -> list[bool]:
+    """Each script checked by the Flux language server (syntax, types, standard-library signatures)."""
+    if not (FLUX_CHECKER / "node_modules" / "@influxdata" / "flux-lsp-node").is_dir():
+        raise AssertionError("the Flux checker is not installed; run `make test` (scripts/install-servers does "
+                             "`npm ci --prefix tests/support/flux`)")
+    out = subprocess.run(["node", str(FLUX_CHECKER / "check.js")], input=json.dumps(scripts), capture_output=True,
+                         text=True, timeout=120, check=True)
+    return list(json.loads(out.stdout))
+
+
+def test_every_flux_query_is_valid_flux() -> None:
+    # No InfluxDB 2.x here: the Flux dashboard's queries are type-checked, not run (docs/dashboards.md).
+    queries = [substitute(q, GRAFANA_FLUX) for q in grafana_flux(load("grafana-influxdb-flux.json"))]
+    verdicts = flux_valid(queries)
+    assert all(verdicts), "invalid Flux:\n\n" + "\n\n".join(q for q, ok in zip(queries, verdicts, strict=True)
+                                                           if not ok)
+    # The checker does reject: a misspelt function, a wrong parameter name, a missing parenthesis.
+    stat = next(q for q in queries if "|> last()" in q)
+    broken = [stat.replace("range(", "rnage("), stat.replace("range(start:", "range(begin:"),
+              stat.replace("|> last()", "|> last(")]
+    assert flux_valid(broken) == [False, False, False]
