@@ -1,9 +1,9 @@
 """Prometheus /metrics: every numeric metric of the metric table, per miner and clock config, plus the bridge's own.
 
 A Sink keeps the latest reading of each miner; a scrape renders a snapshot of those (a custom Collector,
-in a thread so the event loop keeps polling). So a
-clock change replaces a miner's series (labels `frequency`, `core_voltage`) instead of leaving the old
-config's series behind with a frozen value, and an offline miner drops out of every family but `up`.
+in a thread so the event loop keeps polling). So a clock change replaces a miner's series (labels
+`frequency`, `core_voltage`) instead of leaving the old config's series behind with a frozen value, and
+an offline miner drops out of every family but `up`.
 Family names are derived from `Metric.key`, `unit` and `state_class` with Prometheus conventions
 (base units, `_total` for counters); a metric with a unit missing from UNITS is an error at import.
 """
@@ -98,12 +98,11 @@ def _plans(metrics: Iterable[Metric]) -> tuple[Plan, ...]:
     for m in metrics:
         if m.kind == "str":
             continue
-        unit = UNITS.get(m.unit)
-        name = family_name(m)
-        shown = f"; the bridge's {m.unit} × {unit.scale:g}" if unit is not None and unit.scale != 1 else ""
+        name = family_name(m)  # raises for a unit missing from UNITS
+        unit = UNITS[m.unit]
+        shown = f"; the bridge's {m.unit} × {unit.scale:g}" if unit.scale != 1 else ""
         plans.append(Plan(name=name, help=f"{m.name} (metric table key {m.key}{shown})",
-                          counter=m.state_class == "total_increasing", value_fn=m.value_fn,
-                          scale=unit.scale if unit is not None else 1.0))
+                          counter=m.state_class == "total_increasing", value_fn=m.value_fn, scale=unit.scale))
     names = [p.name for p in plans]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

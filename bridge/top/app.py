@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList, Sparkline, Static
 from textual.widgets.option_list import Option
 
@@ -223,7 +223,7 @@ class TopApp(App[None]):
 
     def on_mount(self) -> None:
         self.sub_title = self.source.description
-        table = self.query_one(DataTable)
+        table = self.fleet_screen.query_one(DataTable)
         for c in COLUMNS:
             table.add_column(c.title, key=c.key, width=c.width)
         # A plain task, not a Textual worker: those are cancelled without waiting, and the in-process bridge
@@ -232,6 +232,11 @@ class TopApp(App[None]):
         self._source_task.add_done_callback(self._source_ended)
         self.set_interval(REFRESH, self.refresh_view)
         self.refresh_view()
+
+    @property
+    def fleet_screen(self) -> Screen[Any]:
+        """The screen with the table: a dialog pushed on top of it must not hide its widgets from a refresh."""
+        return self.screen_stack[0]
 
     # ---- drawing --------------------------------------------------------------------------------
     def ordered(self) -> list[str]:
@@ -253,7 +258,9 @@ class TopApp(App[None]):
         return any(text in h.lower() for h in haystack)
 
     def refresh_view(self) -> None:
-        table = self.query_one(DataTable)
+        if not self.screen_stack or not self.fleet_screen.query(DataTable):
+            return  # closing: the widgets are gone before the timer is
+        table = self.fleet_screen.query_one(DataTable)
         order = self.ordered()
         limits = self.model.limits
         if order != self.shown:
@@ -277,8 +284,8 @@ class TopApp(App[None]):
         self.refresh_detail()
 
     def refresh_detail(self) -> None:
-        facts = self.query_one("#facts-text", Static)
-        events = self.query_one("#events", Static)
+        facts = self.fleet_screen.query_one("#facts-text", Static)
+        events = self.fleet_screen.query_one("#events", Static)
         view = self.model.miners.get(self.selected) if self.selected else None
         if view is None:
             facts.update("no miner selected")
@@ -302,10 +309,10 @@ class TopApp(App[None]):
                                  ("asic_temp", "chip", "°C")):
             data = [float(getattr(s, key)) for s in history if getattr(s, key) is not None]
             spark_id = "temp" if key == "asic_temp" else key
-            self.query_one(f"#{spark_id}-spark", Sparkline).data = data
+            self.fleet_screen.query_one(f"#{spark_id}-spark", Sparkline).data = data
             span = f"last {_duration(history[-1].time - history[0].time)}" if len(history) > 1 else "no history"
             shown = f"{min(data):.1f} … {max(data):.1f}" if data else "-"
-            self.query_one(f"#{spark_id}-label", Label).update(f"{label} {unit}: {shown} ({span})")
+            self.fleet_screen.query_one(f"#{spark_id}-label", Label).update(f"{label} {unit}: {shown} ({span})")
         recent = list(view.events)[-10:][::-1]
         lines = [Text("recent events", style="bold")]
         lines += [Text(f"{time.strftime('%H:%M:%S', time.localtime(e.time))} {e.kind:<13} {e.message}")
@@ -348,7 +355,7 @@ class TopApp(App[None]):
         self.refresh_view()
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.fleet_screen.query_one("#filter", Input)
         box.add_class("visible")
         box.focus()
 
@@ -356,15 +363,15 @@ class TopApp(App[None]):
     def _filter(self, event: Input.Submitted) -> None:
         self.filter_text = event.value.strip()
         event.input.remove_class("visible")
-        self.query_one(DataTable).focus()
+        self.fleet_screen.query_one(DataTable).focus()
         self.refresh_view()
 
     def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.fleet_screen.query_one("#filter", Input)
         box.value = ""
         box.remove_class("visible")
         self.filter_text = ""
-        self.query_one(DataTable).focus()
+        self.fleet_screen.query_one(DataTable).focus()
         self.refresh_view()
 
     def action_pick(self, setting: str) -> None:

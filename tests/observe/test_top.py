@@ -42,6 +42,7 @@ async def pick(app: TopApp, pilot: Any, key: str, value: float) -> list[str]:
     """Open the picker with `key`, move to `value`, press Enter; returns the options it offered."""
     await pilot.press(key)
     await wait_for(lambda: isinstance(app.screen, OptionsScreen), what="the options dialog")
+    app.refresh_view()  # what the refresh timer does while the dialog is open (it once crashed the app)
     options = app.screen.query_one(OptionList)
     offered = [str(options.get_option_at_index(i).id) for i in range(options.option_count)]
     options.highlighted = offered.index(fmt_number(value))
@@ -52,7 +53,7 @@ async def pick(app: TopApp, pilot: Any, key: str, value: float) -> list[str]:
 
 async def test_standalone_lists_updates_sorts_filters_and_changes_the_clock_through_the_guard() -> None:
     async with Fleet(SPECS) as fleet:
-        cfg = fleet_config(fleet, poll_interval=1.0)
+        cfg = fleet_config(fleet, poll_interval=2.0)
         source = LocalSource(standalone(cfg))
         app = TopApp(source)
         async with app.run_test(size=SIZE) as pilot:
