@@ -52,6 +52,11 @@ for _b in BOARDS.values():
     _BY_ASIC.setdefault((_b.asic_model, _b.asic_count), _b)
 
 
+def boards_like(asic_model: str, asic_count: int) -> list[BoardSpec]:
+    """Every board with this ASIC and chip count (GammaDuo and GammaTurbo share both)."""
+    return [b for b in BOARDS.values() if b.asic_model == asic_model and b.asic_count == asic_count]
+
+
 def spec_for(asic_model: str, asic_count: int = 1, family: str | None = None) -> BoardSpec | None:
     """Best board spec for what the miner told us; None for an ASIC this table does not know."""
     if family and family in BOARDS and BOARDS[family].asic_model == asic_model:

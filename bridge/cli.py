@@ -124,6 +124,8 @@ def check_config(config_path: str, config_opt: str | None, offline: bool) -> Non
     click.echo(f"  mqtt:     {_describe_mqtt(cfg)}")
     click.echo(f"  sqlite:   {cfg.sqlite.path if cfg.sqlite else 'off'}")
     click.echo(f"  influxdb: {cfg.influxdb.url if cfg.influxdb else 'off'}")
+    prom = cfg.prometheus
+    click.echo(f"  prometheus: {f'http://{prom.host}:{prom.port}/metrics' if prom else 'off'}")
     if offline:
         return
     problems = asyncio.run(_check_connections(cfg))
@@ -141,6 +143,7 @@ async def _check_connections(cfg: BridgeConfig) -> int:
     from bridge.daemon import make_session
     from bridge.errors import MinerError
     from bridge.miner import MinerClient
+    from bridge.reading import fmt_maybe
 
     failed = 0
     async with make_session(cfg) as session:
@@ -157,7 +160,7 @@ async def _check_connections(cfg: BridgeConfig) -> int:
                 b = res.board
                 click.echo(f"  ok   miner {client.name} ({client.host}): {b.device_model} {b.asic_model}"
                            f" x{b.asic_count}, firmware {res.firmware}, {res.config_tag}, "
-                           f"{res.hashrate:.0f} GH/s, {res.power:.1f} W")
+                           f"{fmt_maybe(res.hashrate, '.0f')} GH/s, {fmt_maybe(res.power, '.1f')} W")
     for name, check in _server_checks(cfg):
         try:
             msg = await check
@@ -221,6 +224,54 @@ def health(config_path: str, max_age: float | None) -> None:
         raise click.ClickException("\n".join(found))
 
 
+@main.command(short_help="Live terminal dashboard of the fleet, like htop.")
+@click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="The bridge's YAML config file.")
+@click.option("--attach", is_flag=True,
+              help="Watch the bridge running with this config through its MQTT broker (mqtt section) instead of "
+                   "polling the miners from here.")
+@click.option("--mqtt", "mqtt_addr", default=None, metavar="HOST:PORT",
+              help="Attach to a bridge through this broker; no config file needed.")
+@click.option("--prefix", default=None, help="The bridge's MQTT topic prefix  [default: the config's, or bitaxe].")
+def top(config_path: str, attach: bool, mqtt_addr: str | None, prefix: str | None) -> None:
+    """Show every miner live: hashrate, power, J/TH, temperatures, status; change clocks through the guard.
+
+    \b
+    Standalone (default): polls the miners of CONFIG itself, with the bridge's own guard and watchdog,
+    and writes nothing (no store, no MQTT): it can run beside a bridge.
+    Attached (--attach or --mqtt): reads a running bridge's MQTT topics and sends commands to them.
+    Keys: s/S sort, d reverse, / filter, f frequency, v voltage, i identify, r restart, q quit.
+    """
+    from bridge.config import MqttConfig, SafetyConfig
+    from bridge.top.app import TopApp
+    from bridge.top.local import LocalSource, standalone
+    from bridge.top.model import FleetSource, Limits
+    from bridge.top.remote import MqttSource
+
+    source: FleetSource
+    if mqtt_addr is not None:
+        host, port = parse_broker(mqtt_addr)
+        source = MqttSource(MqttConfig(host=host, port=port, prefix=prefix or "bitaxe"), Limits.of(SafetyConfig()))
+    else:
+        cfg = _load(config_path)
+        if attach:
+            if cfg.mqtt is None:
+                raise click.ClickException(f"{config_path} has no mqtt section, so there is no broker to attach "
+                                           "to; run `top` without --attach to poll the miners from here")
+            mqtt = cfg.mqtt if prefix is None else cfg.mqtt.model_copy(update={"prefix": prefix})
+            source = MqttSource(mqtt, Limits.of(cfg.safety))
+        else:
+            source = LocalSource(standalone(cfg), description=f"standalone: {len(cfg.miners)} miner(s) from "
+                                 f"{config_path}")
+    if not sys.stdout.isatty():
+        raise click.ClickException("top draws a full-screen dashboard and needs a terminal; run it in one "
+                                   "(or use `bitaxe-bridge run --log-readings` for a log)")
+    app = TopApp(source)
+    app.run()
+    if app.return_code:
+        sys.exit(app.return_code)
+
+
 @main.command(short_help="Run the bridge against a simulated fleet (no hardware needed).")
 @click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="How many simulated miners (boards and firmware versions cycle).")
@@ -237,8 +288,11 @@ def health(config_path: str, max_age: float | None) -> None:
 @click.option("--tour", "tour_every", default=120.0, show_default=True, type=click.FloatRange(min=0),
               help="Every this many seconds, step each miner to another of its allowed clock configs "
                    "through the command guard, so the analyzer has configs to compare (0: off).")
+@click.option("--top/--log", "top_view", default=None,
+              help="Show the fleet in the terminal dashboard, or log readings  [default: the dashboard when "
+                   "stdout is a terminal].")
 def demo(miners: int, duration: float | None, interval: float, data_dir: str, mqtt_addr: str | None,
-         time_scale: float, tour_every: float) -> None:
+         time_scale: float, tour_every: float, top_view: bool | None) -> None:
     """Start a simulated fleet and run the bridge against it: nothing else needed.
 
     Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
@@ -252,12 +306,20 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
     except OSError as exc:
         raise click.BadParameter(f"cannot create {data_dir} ({exc.strerror or exc}); choose a writable directory",
                                  param_hint="--data-dir") from None
-    _setup_logging("INFO")
-    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every))
+    top_view = sys.stdout.isatty() if top_view is None else top_view
+    if top_view:
+        # The dashboard owns the terminal: the log goes to a file beside the store.
+        logging.basicConfig(level=logging.INFO, filename=Path(data_dir) / "demo.log",
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    else:
+        _setup_logging("INFO")
+    code = asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every, top_view))
+    if code:
+        sys.exit(code)
 
 
 async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt: tuple[str, int] | None,
-                time_scale: float, tour_every: float) -> None:
+                time_scale: float, tour_every: float, top_view: bool = False) -> int:
     from simulator.server import Fleet, SimMinerSpec
 
     specs = [SimMinerSpec(board=DEMO_FLEET[i % len(DEMO_FLEET)][0], firmware=DEMO_FLEET[i % len(DEMO_FLEET)][1],
@@ -267,11 +329,22 @@ async def _demo(n: int, duration: float | None, interval: float, data_dir: Path,
             click.echo(f"simulated {spec.board:<10} firmware {spec.firmware:<7} at {url}", err=True)
         names = [s.name or f"sim-{i + 1}" for i, s in enumerate(specs)]
         cfg = demo_config(names, fleet.hosts, interval, data_dir, mqtt)
-        await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
+        if not top_view:
+            await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
+            return 0
+        from bridge.top.app import TopApp
+        from bridge.top.local import LocalSource
+
+        app = TopApp(LocalSource(cfg, tour_every=tour_every or None,
+                                 description=f"demo: {n} simulated miners, stored in {data_dir / 'demo.db'}"))
+        if duration is not None:
+            asyncio.get_running_loop().call_later(duration, app.exit)
+        await app.run_async()
+        return app.return_code or 0
 
 
 def parse_broker(addr: str) -> tuple[str, int]:
-    """`HOST`, `HOST:PORT` or `:PORT` (localhost) for `demo --mqtt`; port 1883 when left out."""
+    """`HOST`, `HOST:PORT` or `:PORT` (localhost) for `--mqtt`; port 1883 when left out."""
     host, sep, port = addr.strip().rpartition(":")
     if not sep:
         host, port = port, "1883"

@@ -369,8 +369,13 @@ class Lockout:
     since: float
 
 
-def predicted_power(last: Reading, frequency: float, core_voltage: float) -> float:
-    """Dynamic CMOS power scales with V²·f: scale the last reading's power to the new clock config."""
+def predicted_power(last: Reading, frequency: float, core_voltage: float) -> float | None:
+    """Dynamic CMOS power scales with V²·f: scale the last reading's power to the new clock config.
+
+    None when the last reading has no power (left out as implausible).
+    """
+    if last.power is None:
+        return None
     if last.frequency <= 0 or last.core_voltage <= 0:
         return last.power
     return last.power * (core_voltage / last.core_voltage) ** 2 * (frequency / last.frequency)
@@ -590,8 +595,13 @@ class Guard:
             volt = merged.get("core_voltage", last.core_voltage)
             predicted = predicted_power(last, freq, volt)
             limit = safety.max_power_fraction * board.max_power
+            if predicted is None and raises(cmd, last):
+                raise CommandRejected(
+                    "power_envelope",
+                    f'miner "{miner}": its last power reading was implausible, so the draw at {_num(freq)}@{volt} '
+                    "cannot be predicted; only lowering commands are accepted until a plausible one arrives")
             # A command that lowers the draw is always let through, even while above the limit.
-            if predicted > limit and predicted > last.power:
+            if predicted is not None and last.power is not None and predicted > limit and predicted > last.power:
                 held = f" (with the held {_settings_text(pending)})" if pending else ""
                 raise CommandRejected(
                     "power_envelope",

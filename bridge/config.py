@@ -153,6 +153,10 @@ class HealthConfig(_Strict):
     max_spool_age: float | None = Field(900, gt=0, description="s the oldest unsent point may wait")
     max_spool_points: int | None = Field(None, gt=0, description="points waiting in the InfluxDB spool")
     max_spool_mb: float | None = Field(None, gt=0, description="MB the InfluxDB spool may hold on disk")
+class PrometheusConfig(_Strict):
+    # All interfaces by default: Prometheus scrapes from another machine, like node_exporter's :9100.
+    host: str = Field("0.0.0.0", min_length=1, description="address to bind; 127.0.0.1 for this machine only")
+    port: int = Field(9464, ge=1, le=65535)
 
 
 class BridgeConfig(_Strict):
@@ -163,6 +167,7 @@ class BridgeConfig(_Strict):
     mqtt: MqttConfig | None = None
     sqlite: SqliteConfig | None = Field(default_factory=SqliteConfig)
     influxdb: InfluxConfig | None = None
+    prometheus: PrometheusConfig | None = None  # off by default; `prometheus: {}` serves /metrics on :9464
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

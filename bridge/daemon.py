@@ -51,6 +51,10 @@ class Bridge:
         if cfg.mqtt is not None:
             self.mqtt = MqttBridge(cfg, self.guard)
             self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
+        if cfg.prometheus is not None:
+            from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
+
+            self.fanout.add(PrometheusSink.from_config(cfg, self), maxsize=10_000, drop_oldest=True)
 
     def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
         self.fanout.add(sink, maxsize, drop_oldest)

@@ -142,12 +142,15 @@ class MinerClient:
         now = time.time()
         info = parse_info(body, self.name, self.host)
         # Board facts are cached: refreshed when the firmware changes or the miner restarted
-        # (uptime went backwards), since a reflash can change asicCount and the option lists.
+        # (uptime went backwards), since a reflash can change asicCount and the option lists. A board
+        # the table stood in for (a refused /api/system/asic reply) is asked for again.
         key = (info.version, info.asic_model)
-        if self.board is None or key != self._board_key or info.uptime < self._last_uptime:
+        restarted = info.uptime is not None and info.uptime < self._last_uptime
+        if self.board is None or self.board.source == "fallback" or key != self._board_key or restarted:
             self.board = await self._read_board(info)
             self._board_key = key
-        self._last_uptime = info.uptime
+        if info.uptime is not None:
+            self._last_uptime = info.uptime
         self.info = info
         return to_reading(info, self.board, self.name, self.host, now)
 
@@ -156,7 +159,7 @@ class MinerClient:
         if status == 404:  # firmware < 2.9: no /api/system/asic; asicCount is still in /info
             return board_from_info(info, self.name, self.host)
         self._check_status(status, "/api/system/asic", body)
-        return parse_asic(body, self.name, self.host, info)
+        return parse_asic(body, self.name, self.host, info, self.board)
 
     async def read_board(self) -> BoardInfo:
         """Fresh board facts (options may change after a firmware update)."""

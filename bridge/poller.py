@@ -169,7 +169,7 @@ class Poller:
 def changes(prev: Reading, r: Reading) -> list[Event]:
     """Events implied by two consecutive readings of one miner (change points for the analyzer)."""
     out: list[Event] = []
-    if r.uptime < prev.uptime:
+    if r.uptime is not None and prev.uptime is not None and r.uptime < prev.uptime:
         out.append(Event(r.miner, r.time, "restart", f"restarted (uptime {prev.uptime:.0f} s -> {r.uptime:.0f} s)",
                          {"uptime_before": prev.uptime, "uptime": r.uptime}))
     if r.firmware != prev.firmware:

@@ -54,7 +54,7 @@ def breaches(reading: Reading, safety: SafetyConfig, margin: float = 0.0) -> lis
         out.append(Breach("chip_temp", reading.asic_temp, safety.max_chip_temp - margin))
     if reading.vr_temp is not None and reading.vr_temp >= safety.max_vr_temp - margin:
         out.append(Breach("vr_temp", reading.vr_temp, safety.max_vr_temp - margin))
-    if reading.board.max_power and reading.power is not None:
+    if reading.board.max_power and reading.power is not None:  # None: left out as implausible
         limit = safety.max_power_fraction * reading.board.max_power
         if reading.power > limit:
             out.append(Breach("power", reading.power, limit))

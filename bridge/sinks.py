@@ -13,7 +13,8 @@ import logging
 from typing import Protocol, runtime_checkable
 
 from bridge.cancel import raise_if_cancelling
-from bridge.reading import Event, Reading
+from bridge.problems import ProblemLog
+from bridge.reading import Event, Reading, fmt_maybe
 
 log = logging.getLogger("bitaxe.sinks")
 
@@ -38,25 +39,29 @@ class Sink(Protocol):
 
 
 class LogSink:
-    """Logs one line per reading: the sink the spine ships before MQTT and storage."""
+    """Logs one line per reading (INFO) and each kind of implausible value once per miner (WARNING)."""
 
     name = "log"
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("bitaxe.readings")
+        self.implausible = ProblemLog(self.log)
 
     async def start(self) -> None:
         return None
 
     async def handle(self, item: Item) -> None:
         if isinstance(item, Reading):
-            jth = f"{item.j_per_th:.2f} J/TH" if item.j_per_th is not None else "- J/TH"
-            temp = f"{item.asic_temp:.1f}°C" if item.asic_temp is not None else "-°C"
-            self.log.info(
-                "%-12s %-10s %-8s %8.1f GH/s %6.2f W %s %s fw %s%s",
-                item.miner, item.board.device_model, item.config_tag, item.hashrate, item.power, jth,
-                temp, item.firmware, " OVERHEAT" if item.overheat else "",
-            )
+            for p in item.problems:
+                self.implausible.report(item.miner, p.field, f"miner {item.miner}: {p}; value left out, reading "
+                                        "flagged implausible")
+            if self.log.isEnabledFor(logging.INFO):
+                self.log.info(
+                    "%-12s %-10s %-8s %8s GH/s %6s W %s J/TH %s°C fw %s%s%s",
+                    item.miner, item.board.device_model, item.config_tag, fmt_maybe(item.hashrate, ".1f"),
+                    fmt_maybe(item.power, ".2f"), fmt_maybe(item.j_per_th, ".2f"), fmt_maybe(item.asic_temp, ".1f"),
+                    item.firmware, " OVERHEAT" if item.overheat else "", " IMPLAUSIBLE" if item.implausible else "",
+                )
         else:
             self.log.info("%-12s event %s: %s", item.miner, item.kind, item.message)
 
@@ -72,7 +77,12 @@ class SinkQueue:
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.drop_oldest = drop_oldest
         self.dropped = 0
-        self.failed = 0
+        self.failures = ProblemLog(log, logging.ERROR)
+
+    @property
+    def failed(self) -> int:
+        """Items the sink raised on (each skipped; the first of each kind per miner is logged)."""
+        return self.failures.total
 
     def put(self, item: Item) -> None:
         if self.queue.full():
@@ -85,17 +95,22 @@ class SinkQueue:
             self.dropped += 1
         self.queue.put_nowait(item)
 
+    async def deliver(self, item: Item) -> None:
+        """Hand one item to the sink; an error skips that item only, never the sink."""
+        try:
+            await self.sink.handle(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures.report(item.miner, f"{type(item).__name__} {type(exc).__name__}",
+                                 f"sink {self.sink.name} failed on a {type(item).__name__.lower()} from "
+                                 f"{item.miner} ({type(exc).__name__}: {exc}); item skipped", exc_info=True)
+
     async def drain(self) -> None:
         while True:
             item = await self.queue.get()
             try:
-                await self.sink.handle(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.failed += 1
-                log.exception("sink %s failed on %s from %s; item skipped", self.sink.name,
-                              type(item).__name__, getattr(item, "miner", "?"))
+                await self.deliver(item)
             finally:
                 self.queue.task_done()
             # A sink may swallow our cancellation: on Python 3.11 asyncio.wait_for (inside aiomqtt's
@@ -143,8 +158,10 @@ class Fanout:
     async def _flush(q: SinkQueue) -> None:
         while not q.queue.empty():
             item = q.queue.get_nowait()
-            await q.sink.handle(item)
-            q.queue.task_done()
+            try:
+                await q.deliver(item)
+            finally:
+                q.queue.task_done()
 
     async def join(self) -> None:
         """Wait until every queued item has been handled (tests, orderly shutdown)."""

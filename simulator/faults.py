@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from simulator.mutate import huge_counters, mutate
+
 
 class FaultKind(enum.StrEnum):
     TIMEOUT = "timeout"  # the request hangs longer than any sane client timeout
@@ -29,6 +31,8 @@ class FaultKind(enum.StrEnum):
     KEEPALIVE_CLOSE = "keepalive_close"  # the miner closes kept-alive connections between requests
     SOCKETS = "sockets"  # the ESP-IDF httpd's few sockets: LRU purge, or a short backlog then resets
     OVERSIZE = "oversize"  # JSON answers padded with whitespace to `size` bytes
+    CORRUPT = "corrupt"  # each /info and /asic document damaged at random (chance per document): simulator.mutate
+    HUGE_COUNTERS = "huge_counters"  # shares, uptime and best difficulties of 2^70 in every /info document
 
 
 class Action(enum.Enum):
@@ -59,7 +63,7 @@ class Fault:
     """One injected fault and its parameters (times in simulated seconds, except hang: wall seconds)."""
 
     kind: FaultKind
-    probability: float = 1.0  # http500/malformed/truncated/spike/timeout: chance per request
+    probability: float = 1.0  # http500/malformed/truncated/spike/timeout/corrupt: chance per request
     hang: float = 30.0  # timeout: how long the request hangs (wall seconds)
     up: float = 60.0  # flapping: seconds up …
     down: float = 20.0  # … then seconds down
@@ -236,7 +240,18 @@ class FaultSet:
             doc["hostname"] = "bitaxe"
         if (f := self._hit(FaultKind.SPIKE)) is not None:
             doc["hashRate"] = f.spike * (1.0 + 0.2 * self._rng.random())
-        return doc
+        if FaultKind.HUGE_COUNTERS in self._faults:
+            huge_counters(doc)
+        return self._corrupted(doc)
+
+    def apply_asic(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Value faults on a /api/system/asic document."""
+        return self._corrupted(doc)
+
+    def _corrupted(self, doc: dict[str, Any]) -> dict[str, Any]:
+        if self._hit(FaultKind.CORRUPT) is None:
+            return doc
+        return mutate(doc, self._rng, count=self._rng.randint(1, 3))[0]
 
 
 def malformed(doc: dict[str, Any]) -> bytes:

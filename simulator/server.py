@@ -421,7 +421,7 @@ def _get_info(miner: SimMiner, request: web.Request, body: Any, action: Action) 
 
 
 def _get_asic(miner: SimMiner, request: web.Request, body: Any, action: Action) -> web.Response:
-    return _doc_response(fw.asic_document(miner.board), action)
+    return _doc_response(miner.faults.apply_asic(fw.asic_document(miner.board)), action)
 
 
 def _get_statistics(miner: SimMiner, request: web.Request, body: Any, action: Action) -> web.Response:

@@ -22,6 +22,7 @@ import base64
 import contextlib
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ import aiohttp
 
 from bridge.cancel import raise_if_cancelling
 from bridge.config import InfluxConfig, reveal
+from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
 from bridge.store.spool import Cursor, Spool
@@ -43,6 +45,7 @@ LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
 # The last flush at shutdown is a courtesy: the spool keeps what it cannot send. Bounded well below
 # Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
 FINAL_FLUSH_TIMEOUT = 3.0
+_MINER_TAG = re.compile(r"[ ,]miner=((?:[^\\, ]|\\.)+)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -247,6 +250,7 @@ class InfluxSink:
         self.rejected_path = cfg.spool_dir / "rejected.lp"
         self.written = 0  # points confirmed by the server since start
         self.rejected = 0  # points set aside (permanent 400s)
+        self.refusals = ProblemLog(log, logging.ERROR)
         self._since_flush = 0
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -271,7 +275,11 @@ class InfluxSink:
         line = self.encoder.item(item)
         if line is None:
             return
-        self.spool.append(line.encode())
+        try:
+            data = line.encode()
+        except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
+            data = line.encode("utf-8", "backslashreplace")
+        self.spool.append(data)
         self._since_flush += 1
         if self._since_flush >= self.cfg.batch_size:
             self._wake.set()
@@ -375,8 +383,12 @@ class InfluxSink:
     def _set_aside(self, record: bytes, exc: WriteError) -> None:
         self.rejected += 1
         line = record.decode(errors="replace")
-        log.error("%s refused a point permanently (HTTP %s: %s); set aside in %s, not retried: %s",
-                  exc.target, exc.status, exc.detail, self.rejected_path, line[:300])
+        # Once per miner and reason (numbers aside): a miner sending the same bad value every poll
+        # must not write a log line per point.
+        miner = m.group(1) if (m := _MINER_TAG.search(line)) else "?"
+        self.refusals.report(miner, re.sub(r"\d+", "N", exc.detail)[:200],
+                             f"{exc.target} refused a point of miner {miner} permanently (HTTP {exc.status}: "
+                             f"{exc.detail}); set aside in {self.rejected_path}, not retried: {line[:300]}")
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         reason = exc.detail.replace("\n", " ")
         # Comments plus the original line: the file can be fixed up and re-imported (influx -import).

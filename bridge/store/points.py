@@ -17,15 +17,26 @@ from bridge.reading import Event, Reading
 READING_MEASUREMENT = "bitaxe"
 EVENT_MEASUREMENT = "bitaxe_event"
 
-# As influxdb-client escapes them; backslash is only an escape before these characters.
-_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+# Exactly influxdb-client's escaping (tests/store/test_points.py compares the two on random text): a
+# backslash is only an escape before these characters, and control characters are written as the two
+# characters "\n", "\r", "\t" (line protocol cannot carry a newline in a name or tag value; InfluxDB
+# keeps the backslash and the letter).
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
-_FIELD_STR_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\", "\n": r"\n", "\r": r"\r"})
+_FIELD_STR_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
+INT64 = range(-(2**63), 2**63)
+
+
+def escape_key(text: str) -> str:
+    """Tag keys and field keys: comma, equals and space escaped; control characters as \\n etc."""
+    return text.translate(_KEY_ESCAPES)
 
 
 def escape_tag(text: str) -> str:
-    """Tag keys and values: comma, equals and space are escaped; control characters written as \\n etc."""
-    return text.translate(_TAG_ESCAPES)
+    """A tag value: escaped like a key; a trailing backslash gets a space after it, or it would escape the
+    comma or space that ends the value."""
+    out = text.translate(_KEY_ESCAPES)
+    return out + " " if out.endswith("\\") else out
 
 
 def escape_measurement(text: str) -> str:
@@ -33,8 +44,8 @@ def escape_measurement(text: str) -> str:
 
 
 def field_string(text: str) -> str:
-    # Line protocol has no newline escape: a newline would end the point, so it is kept as the
-    # two characters backslash-n, which InfluxDB stores literally.
+    """A string field value: only the quote and the backslash are escaped; a newline stays a newline
+    inside the quotes, which InfluxDB reads as part of the value."""
     return '"' + text.translate(_FIELD_STR_ESCAPES) + '"'
 
 
@@ -54,7 +65,9 @@ def _render_float(v: Value) -> str | None:
 def _render_int(v: Value) -> str | None:
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    return f"{int(v)}i"  # type: ignore[arg-type]
+    i = int(v)  # type: ignore[arg-type]
+    # InfluxDB integers are int64; the metric ranges keep counters far inside, this keeps the point valid.
+    return f"{i}i" if i in INT64 else None
 
 
 _RENDER: dict[str, Callable[[Value], str | None]] = {
@@ -62,8 +75,10 @@ _RENDER: dict[str, Callable[[Value], str | None]] = {
 }
 # (escaped key + "=", value function, renderer) per stored metric, in table order.
 FIELD_PLAN: tuple[tuple[str, Callable[[Reading], Value], Callable[[Value], str | None]], ...] = tuple(
-    (escape_tag(m.key) + "=", m.value_fn, _RENDER[m.kind]) for m in STORE_METRICS if m.kind in _RENDER
+    (escape_key(m.key) + "=", m.value_fn, _RENDER[m.kind]) for m in STORE_METRICS if m.kind in _RENDER
 )
+# Tags sorted by key, as influxdb-client writes them and InfluxDB prefers them.
+TAG_PLAN: tuple[tuple[str, Callable[[Reading], str]], ...] = tuple(sorted(TAGS, key=lambda t: t[0]))
 
 
 class LineEncoder:
@@ -76,12 +91,12 @@ class LineEncoder:
         self._tag_cache: dict[tuple[str, ...], str] = {}
 
     def tags(self, reading: Reading) -> str:
-        values = tuple(fn(reading) for _, fn in TAGS)
+        values = tuple(fn(reading) for _, fn in TAG_PLAN)
         cached = self._tag_cache.get(values)
         if cached is None:
             # Empty tag values are invalid in line protocol; a missing tag is what they mean.
-            cached = "".join(f",{escape_tag(name)}={escape_tag(v)}"
-                             for (name, _), v in zip(TAGS, values, strict=True) if v != "")
+            cached = "".join(f",{escape_key(name)}={escape_tag(v)}"
+                             for (name, _), v in zip(TAG_PLAN, values, strict=True) if v != "")
             if len(self._tag_cache) > 4096:  # bounded: configs change, miners come and go
                 self._tag_cache.clear()
             self._tag_cache[values] = cached
@@ -107,10 +122,9 @@ class LineEncoder:
 
     def event(self, event: Event) -> str:
         data = json.dumps(event.data, separators=(",", ":"), sort_keys=True, default=str)
-        tags = ""
+        tags = f",kind={escape_tag(event.kind or 'unknown')}"
         if event.miner:
             tags += f",miner={escape_tag(event.miner)}"
-        tags += f",kind={escape_tag(event.kind or 'unknown')}"
         return (f"{self.event_measurement}{tags} message={field_string(event.message)},"
                 f"data={field_string(data)} {time_ms(event.time)}")
 

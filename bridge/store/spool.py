@@ -136,6 +136,8 @@ class Spool:
         """Write one record; it survives a crash of this process from here on (sync() for power loss)."""
         if self._fd is None:
             raise RuntimeError(f"spool {self.dir} is not open")
+        if len(payload) > MAX_RECORD:  # would read back as corrupt and take the rest of its segment along
+            raise ValueError(f"spool {self.dir}: a record of {len(payload)} bytes is over {MAX_RECORD}; not spooled")
         if self.active.size >= self.segment_bytes:
             self._rotate()
         record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from bridge.config import SqliteConfig
 from bridge.metrics import STORE_METRICS, TAGS, Value
+from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 
 log = logging.getLogger("bitaxe.store.sqlite")
@@ -41,11 +44,20 @@ def _column_defs() -> list[tuple[str, str]]:
             + [(m.key, SQL_TYPE[m.kind]) for m in STORE_METRICS])
 
 
+INT64 = range(-(2**63), 2**63)  # SQLite INTEGER
+# What a row's values can raise while binding or inserting; the database being unwritable
+# (sqlite3.OperationalError: locked, disk full, I/O) is not among them and is retried instead.
+ROW_ERRORS = (OverflowError, ValueError, TypeError, UnicodeError, sqlite3.InterfaceError,
+              sqlite3.ProgrammingError, sqlite3.IntegrityError, sqlite3.DataError)
+
+
 def _sql_value(v: Value) -> float | int | str | None:
     if isinstance(v, bool):
         return int(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # NaN/inf would poison AVG(); a missing value is the honest one
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None  # NaN/inf would poison AVG(); a missing value is the honest one
+    if isinstance(v, int):
+        return v if v in INT64 else None  # the metric ranges keep counters far inside; this keeps the row
     return v
 
 
@@ -57,8 +69,6 @@ def reading_row(r: Reading) -> tuple[float | int | str | None, ...]:
 
 
 def event_row(e: Event) -> tuple[float | str, ...]:
-    import json
-
     return (e.time, e.miner, e.kind, e.message,
             json.dumps(e.data, separators=(",", ":"), sort_keys=True, default=str))
 
@@ -66,16 +76,17 @@ def event_row(e: Event) -> tuple[float | str, ...]:
 class SqliteStore:
     """One connection to the bridge's SQLite file. Use from one thread at a time."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, skipped: ProblemLog | None = None) -> None:
         self.conn = conn
         self.path = path
+        self.skipped = skipped or ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
         self._insert_reading = (f"INSERT OR IGNORE INTO readings ({', '.join(map(_q, READING_COLUMNS))}) "
                                 f"VALUES ({', '.join('?' * len(READING_COLUMNS))})")
         self._insert_event = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 
     @classmethod
-    def open(cls, path: str | Path) -> SqliteStore:
+    def open(cls, path: str | Path, skipped: ProblemLog | None = None) -> SqliteStore:
         """Open (creating the file and directories) for writing; brings the schema up to the metric table."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +99,7 @@ class SqliteStore:
                         "the bridge", p, mode)
         # NORMAL in WAL mode: a power cut can lose the last transactions, never corrupt the file.
         conn.execute("PRAGMA synchronous = NORMAL")
-        store = cls(conn, p)
+        store = cls(conn, p, skipped)
         store.ensure_schema()
         return store
 
@@ -126,14 +137,32 @@ class SqliteStore:
         self.conn.execute("COMMIT")
 
     def write(self, readings: Sequence[Reading] = (), events: Sequence[Event] = ()) -> int:
-        """Insert in one transaction; rows already present (a replay) are ignored. Returns rows added."""
+        """Insert in one transaction; rows already present (a replay) are ignored. Returns rows added.
+
+        A row whose values cannot be stored is skipped (logged once per miner and error, counted in
+        `skipped`); the rest of the batch is written.
+        """
         with self.transaction() as c:
             before = c.total_changes
-            if readings:
-                c.executemany(self._insert_reading, [reading_row(r) for r in readings])
-            if events:
-                c.executemany(self._insert_event, [event_row(e) for e in events])
+            self._insert(c, self._insert_reading, readings, reading_row)
+            self._insert(c, self._insert_event, events, event_row)
             return c.total_changes - before
+
+    def _insert(self, c: sqlite3.Connection, sql: str, items: Sequence[Reading] | Sequence[Event],
+                to_row: Callable[[Any], tuple[Any, ...]]) -> None:
+        try:
+            c.executemany(sql, [to_row(i) for i in items])
+            return
+        except ROW_ERRORS:
+            pass
+        # One bad row: insert one by one (rows already in are ignored by UNIQUE) and skip the bad ones.
+        for item in items:
+            try:
+                c.execute(sql, to_row(item))
+            except ROW_ERRORS as exc:
+                self.skipped.report(item.miner, type(exc).__name__,
+                                    f"sqlite {self.path}: a {type(item).__name__.lower()} of miner {item.miner} at "
+                                    f"{item.time} cannot be stored ({type(exc).__name__}: {exc}); row skipped")
 
     def prune(self, older_than: float) -> int:
         """Delete readings and events older than `older_than` (unix s); returns rows deleted."""
@@ -180,6 +209,7 @@ class SqliteSink:
         self.buffer: list[Reading | Event] = []
         self.written = 0
         self.dropped = 0
+        self.skipped = ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_prune = 0.0
@@ -187,7 +217,7 @@ class SqliteSink:
 
     async def start(self) -> None:
         if self.store is None:
-            self.store = await asyncio.to_thread(SqliteStore.open, self.cfg.path)
+            self.store = await asyncio.to_thread(SqliteStore.open, self.cfg.path, self.skipped)
 
     async def handle(self, item: Reading | Event) -> None:
         self.buffer.append(item)
@@ -213,11 +243,11 @@ class SqliteSink:
                 delay = self.flush_interval
             except asyncio.CancelledError:
                 raise
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # never let the writer die: every later reading would be lost
                 delay = min(30.0, delay * 2)
-                log.error("sqlite %s: write failed (%s); %d item(s) kept in memory, retrying in %.0f s. "
-                          "Check free disk space and file permissions", self.cfg.path, exc,
-                          len(self.buffer), delay)
+                log.error("sqlite %s: write failed (%s: %s); %d item(s) kept in memory, retrying in %.0f s. "
+                          "Check free disk space and file permissions", self.cfg.path, type(exc).__name__, exc,
+                          len(self.buffer), delay, exc_info=not isinstance(exc, sqlite3.Error | OSError))
 
     async def flush(self) -> int:
         async with self._lock:

@@ -137,13 +137,17 @@ async def test_malformed_response_skips_reading_and_loop_survives(gamma: Fixture
         poller = Poller(cfg, s, sink)
         task = asyncio.create_task(poller.run())
         await wait_until(lambda: len(sink.readings()) >= 2)
-        gamma.info["power"] = "n/a"
+        gamma.info["frequency"] = "n/a"  # a reading cannot exist without its clock config
         await wait_until(lambda: poller.miners["m0"].failures >= 1)
-        assert 'field "power" is "n/a"' in (poller.miners["m0"].last_error or "")
+        assert 'field "frequency" is "n/a"' in (poller.miners["m0"].last_error or "")
+        gamma.info |= {"frequency": 525, "power": "n/a"}  # a measurement is only left out
+        n = len(sink.readings())
+        await wait_until(lambda: len(sink.readings()) > n)
+        assert sink.readings()[-1].power is None and sink.readings()[-1].implausible
         gamma.info["power"] = 17.5
         n = len(sink.readings())
         await wait_until(lambda: len(sink.readings()) > n)
-        assert sink.readings()[-1].power == 17.5
+        assert sink.readings()[-1].power == 17.5 and not sink.readings()[-1].implausible
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

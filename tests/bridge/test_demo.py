@@ -47,3 +47,37 @@ def test_demo_fills_the_sqlite_store(tmp_path: Path) -> None:
         miners = {row[0] for row in conn.execute("SELECT DISTINCT miner FROM readings")}
         n = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
     assert miners == {"sim-1", "sim-2", "sim-3"} and n >= 9
+
+
+def test_demo_in_a_terminal_opens_the_dashboard_and_still_stores(tmp_path: Path) -> None:
+    import os
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "160", "LINES": "40"}
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--miners", "2", "--duration", "8",
+                             "--interval", "0.5", "--data-dir", str(tmp_path)], cwd=ROOT, stdin=secondary,
+                            stdout=secondary, stderr=secondary, env=env, close_fds=True)
+    os.close(secondary)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.5)
+            if ready:
+                try:
+                    screen += os.read(primary, 65536)
+                except OSError:  # the terminal closed with the process
+                    break
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=30)
+        os.close(primary)
+    assert proc.returncode == 0, screen[-2000:]
+    text = screen.decode("utf-8", "replace")
+    assert "bitaxe-bridge top" in text and "sim-1" in text and "sim-2" in text and "J/TH" in text
+    assert "bitaxe.readings" not in text  # the dashboard, not the log view
+    with sqlite3.connect(tmp_path / "demo.db") as conn:
+        assert conn.execute("SELECT COUNT(DISTINCT miner) FROM readings").fetchone()[0] == 2

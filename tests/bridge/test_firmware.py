@@ -76,10 +76,12 @@ def test_parse_difficulty_suffixes(text: str, value: float) -> None:
     assert parse_difficulty(text) == pytest.approx(value)
 
 
-def test_unparseable_bestdiff_names_the_field() -> None:
+def test_unparseable_bestdiff_is_left_out_and_named() -> None:
     info = load("info-v2.6.0.json") | {"bestDiff": "lots"}
-    with pytest.raises(MinerDataError, match='field "bestDiff"'):
-        reading_from(info)
+    r = reading_from(info)
+    assert r.best_diff is None and r.best_session_diff == pytest.approx(512e6)
+    assert r.implausible and [p.field for p in r.problems] == ["bestDiff"]
+    assert 'bestDiff is "lots", expected a difficulty like 4.29G' in r.reasons
 
 
 def test_asic_count_moved_to_asic_endpoint_multichip() -> None:
@@ -143,37 +145,51 @@ def test_overheat_mode_sets_the_flag() -> None:
     assert r.overheat and r.config_tag == "425@1050"
 
 
-def test_absurd_spike_is_flagged_implausible() -> None:
+def test_absurd_spike_is_left_out_and_flagged_implausible() -> None:
     info = load("info-v2.12.0.json") | {"hashRate": 350_000.0}
     r = reading_from(info, load("asic-v2.12.0.json"))
-    assert r.implausible and "expected" in r.warnings[0]
+    assert r.hashrate is None and r.j_per_th is None and r.gh_per_w is None
+    assert r.implausible and r.problems[0].field == "hashrate"
+    # the range is the board's: 3 x the expected hashrate of a Gamma at its top option (625 MHz)
+    assert str(r.problems[0]) == ("hashrate is 350000, expected 0 … 3825 GH/s "
+                                  "(0 … 3 × expected hashrate at the top frequency option)")
+    assert r.hashrate_10m == 1068.8 and r.power == 17.62  # the rest of the reading is kept
 
 
 @pytest.mark.parametrize(("patch", "needle"), [
-    ({"power": "n/a"}, 'field "power" is "n/a"'),
-    ({"hashRate": None}, 'field "hashRate"'),
-    ({"frequency": -5}, 'field "frequency" is -5'),
-    ({"coreVoltage": [1200]}, 'field "coreVoltage"'),
+    ({"frequency": -5}, "frequency is -5, expected 31.25 … 1875 MHz"),
+    ({"frequency": 1e308}, "frequency is 1e+308, expected"),
+    ({"coreVoltage": [1200]}, 'field "coreVoltage" is [1200], expected a valid number'),
+    ({"coreVoltage": True}, 'field "coreVoltage" is true, expected a valid number'),
+    ({"ASICModel": None}, 'field "ASICModel" is null, expected a valid string'),
+    ({"version": {"v": 2}}, 'field "version" is {\'v\': 2}, expected a valid string'),
+    ({"version": "NaN"}, 'field "version" is "NaN", expected a version like "v2.15.0"'),
+    ({"macAddr": "24:DC:C3:A1:0B:7ENaN"}, 'field "macAddr" is "24:DC:C3:A1:0B:7ENaN", expected a MAC like'),
+    ({"macAddr": 42}, 'field "macAddr" is 42, expected a valid string'),
 ])
-def test_unusable_fields_name_miner_path_field_and_value(patch: dict[str, Any], needle: str) -> None:
+def test_a_reading_needs_a_plausible_clock_config_and_identity(patch: dict[str, Any], needle: str) -> None:
+    # A reading is attributed to its clock config (tags, analysis, the guard) and its miner (the HA device):
+    # a damaged one would re-ID the miner or invent a config change, so the reading is skipped instead.
     info = load("info-v2.12.0.json") | patch
     with pytest.raises(MinerDataError) as exc:
-        parse_info(json.dumps(info).encode(), "garage-1", "10.0.0.7")
+        reading_from(info, load("asic-v2.12.0.json"), name="garage-1")
     msg = str(exc.value)
     assert msg.startswith('miner "garage-1" (10.0.0.7): /api/system/info')
-    assert needle in msg and "reading skipped" in msg
+    assert needle in msg and "skipped" in msg
 
 
 def test_missing_required_field_and_truncated_json() -> None:
     info = load("info-v2.12.0.json")
-    del info["power"]
-    with pytest.raises(MinerDataError, match='field "power" is missing'):
+    del info["frequency"]
+    with pytest.raises(MinerDataError, match='field "frequency" is missing'):
         parse_info(json.dumps(info).encode(), "m", "h")
     body = json.dumps(load("info-v2.12.0.json")).encode()
     with pytest.raises(MinerDataError, match="not valid JSON"):
         parse_info(body[: len(body) // 2], "m", "h")
     with pytest.raises(MinerDataError, match="not valid JSON"):
         parse_info(b"<html>500</html>", "m", "h")
+    with pytest.raises(MinerDataError, match="not a JSON object"):
+        parse_info(b"[1, 2]", "m", "h")
 
 
 def test_unknown_asic_without_asic_endpoint_is_a_clear_error() -> None:

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 from simulator.server import Fleet, SimMinerSpec
+from tests.support.bridge_process import start_bridge
 from tests.support.servers import InfluxDB1
-
-ROOT = Path(__file__).parent.parent.parent
-
-
-async def start_bridge(cfg: Path, log: Path) -> asyncio.subprocess.Process:
-    out = open(log, "ab")  # noqa: ASYNC230 - a log file handed to the child
-    try:
-        return await asyncio.create_subprocess_exec(sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg),
-                                                    cwd=ROOT, stdout=out, stderr=out)
-    finally:
-        out.close()
 
 
 def info_reads(miner: object) -> int:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +18,10 @@ import pytest
 
 from bridge.store.spool import Spool
 from simulator.server import Fleet, SimMinerSpec
+from tests.support.bridge_process import start_bridge
 from tests.support.fixture_miner import FixtureMiner
 from tests.support.servers import free_port
 
-ROOT = Path(__file__).parent.parent.parent
 FIX = Path(__file__).parent.parent / "fixtures" / "firmware"
 EXIT_WITHIN = 8.0  # s: Docker's default stop grace period is 10 s, then SIGKILL
 
@@ -52,15 +50,7 @@ async def test_sigterm_exits_promptly_with_broker_store_and_a_miner_down(tmp_pat
                 f"mqtt: {{host: 127.0.0.1, port: {black_hole.getsockname()[1]}}}\n"
                 f"influxdb: {{url: 'http://127.0.0.1:{influx_port}', database: e2e, api: v1,\n"
                 f"           batch_size: 5, flush_interval: 0.2, spool_dir: '{spool_dir}'}}\n")
-            out = open(log, "ab")  # noqa: ASYNC230 - a log file handed to the child
-            try:
-                # cwd: the test's own dir, so default relative paths (health file) are not shared with
-                # other test runs from the same checkout.
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg), cwd=tmp_path,
-                    env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=out)
-            finally:
-                out.close()
+            proc = await start_bridge(cfg, log)
             async with asyncio.timeout(30):
                 # Readings piling up, a request to the hung miner in flight, the broker CONNECT pending.
                 while info_reads(fleet.miners[0]) < 12 or not hung.requests:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -21,6 +22,7 @@ class Seen:
     topic: str
     payload: bytes
     retain: bool
+    at: float = field(default_factory=time.monotonic)  # when the watcher received it
 
     def json(self) -> Any:
         return json.loads(self.payload)

@@ -199,3 +199,28 @@ async def test_v2_outage_spools_then_replays_in_order(victoria: VictoriaMetrics,
         series = json.loads(resp.read().decode().splitlines()[0])
     assert series["timestamps"] == [round(reading(i).time * 1000) for i in range(30)]
     assert series["values"] == [reading(i).shares_accepted for i in range(30)]
+
+
+async def test_text_line_protocol_cannot_carry_reaches_the_server_as_influxdb_client_writes_it(
+        influxdb1: InfluxDB1, victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    # A hostname any LAN client can set through the miner's open API, and a message with a newline.
+    r = reading(0, hostname="bitaxe\\", miner="m\nx")
+    e = event(0, miner="m\nx", message="first line\nsecond \\ line")
+    create_db(influxdb1, "text")
+    for cfg in (v1_config(influxdb1, tmp_path / "v1", "text"),
+                InfluxConfig.model_validate({"url": victoria.url, "bucket": "b", "token": "t",
+                                             "spool_dir": str(tmp_path / "vm"), "flush_interval": 0.2})):
+        sink = InfluxSink(cfg)
+        await sink.start()
+        await sink.handle(r)
+        await sink.handle(e)
+        await sink.flush()
+        await sink.aclose()
+        assert sink.written == 2 and sink.rejected == 0, cfg.url
+    # What InfluxDB keeps (docs/storage.md): the space after a trailing backslash ends the value cleanly
+    # but is its last character; a newline in a tag is the two characters backslash and n; string fields
+    # keep the newline and the backslash as they are.
+    got = rows(influxdb1, "SELECT * FROM bitaxe", "text")
+    assert (got[0]["hostname"], got[0]["miner"], got[0]["hashrate"]) == ("bitaxe ", "m\\nx", r.hashrate)
+    ev = rows(influxdb1, "SELECT * FROM bitaxe_event", "text")
+    assert (ev[0]["message"], ev[0]["miner"]) == (e.message, "m\\nx")

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.metrics import STORE_METRICS, store_fields
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from influxdb_client import Point
+from influxdb_client.domain.write_precision import WritePrecision
+
+from bridge.metrics import STORE_METRICS, store_fields, store_tags
 from bridge.reading import Event
 from bridge.store.doc import schema_markdown
-from bridge.store.points import LineEncoder, escape_tag, field_string
+from bridge.store.points import LineEncoder, escape_key, escape_measurement, escape_tag, field_string
 from tests.store.factory import reading
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +20,34 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_escaping() -> None:
     assert escape_tag("a b,c=d") == r"a\ b\,c\=d"
-    assert field_string('say "hi"\\ now\nnext') == r'"say \"hi\"\\ now\nnext"'
+    assert escape_tag("bitaxe\\") == "bitaxe\\ "  # a trailing backslash must not escape the separator
+    assert field_string('say "hi"\\ now\nnext') == '"say \\"hi\\"\\\\ now\nnext"'
+
+
+# Everything line protocol treats specially, and then anything at all.
+_SPECIAL = st.sampled_from(list(',= "\\\n\r\t#'))
+_TEXT = st.lists(st.one_of(_SPECIAL, st.characters(codec="utf-8")), max_size=12).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(measurement=_TEXT.filter(lambda t: t.strip() != "" and not t.startswith("#")), key=_TEXT, value=_TEXT,
+       field=_TEXT.filter(bool), text=_TEXT)
+def test_escaping_is_identical_to_influxdb_client(measurement: str, key: str, value: str, field: str,
+                                                  text: str) -> None:
+    point = Point(measurement).tag(key, value).field(field, text).time(1764000000123, WritePrecision.MS)
+    tag = f",{escape_key(key)}={escape_tag(value)}" if escape_key(key) and escape_tag(value) else ""
+    ours = f"{escape_measurement(measurement)}{tag} {escape_key(field)}={field_string(text)} 1764000000123"
+    assert ours == point.to_line_protocol()
+
+
+def test_the_tags_of_a_reading_are_what_influxdb_client_writes_for_them() -> None:
+    r = reading(3, hostname="bitaxe\\", miner="garage, 1=a b")
+    point = Point("bitaxe").field("x", 1)
+    for k, v in store_tags(r).items():
+        point.tag(k, v)
+    ours = LineEncoder().reading(r)
+    assert ours is not None and ",hostname=bitaxe\\ ,miner=garage\\,\\ 1\\=a\\ b," in ours
+    assert ours[: ours.index(" hashrate=")] == point.to_line_protocol().removesuffix(" x=1i")
 
 
 def test_reading_line_types_and_missing_fields() -> None:
@@ -23,7 +55,8 @@ def test_reading_line_types_and_missing_fields() -> None:
     line = LineEncoder().reading(r)
     assert line is not None
     head, fields, ts = line.split(" ")
-    assert head.startswith("bitaxe,miner=garage-1,") and ",config=525@1150" in head
+    assert head.startswith("bitaxe,asic_model=BM1370,") and ",config=525@1150," in head
+    assert head.endswith(",miner=garage-1,miner_id=aabbcc193545")  # tags sorted by key
     assert ts == str(round(r.time * 1000))
     kv = dict(f.split("=", 1) for f in fields.split(","))
     assert "vr_temp" not in kv and "j_per_th" not in kv  # unknown / undefined: left out, not 0
@@ -42,7 +75,7 @@ def test_empty_tag_values_are_left_out() -> None:
 def test_event_line() -> None:
     e = Event("garage 1", 1764000000.1234, "command", 'set "frequency"', {"accepted": True, "x": [1, 2]})
     line = LineEncoder("m", "ev").event(e)
-    assert line == ('ev,miner=garage\\ 1,kind=command message="set \\"frequency\\"",'
+    assert line == ('ev,kind=command,miner=garage\\ 1 message="set \\"frequency\\"",'
                     'data="{\\"accepted\\":true,\\"x\\":[1,2]}" 1764000000123')
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ class FixtureMiner:
     credentials: tuple[str, str] | None = None  # require HTTP basic auth
     delay: float = 0.0
     patch_delay: float = 0.0  # s before a PATCH is answered (recorded on arrival): a miner that hangs
+    # Applied to the info and asic documents on every request (e.g. simulator.mutate for fuzzing).
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -42,7 +45,7 @@ class FixtureMiner:
             await asyncio.sleep(3600)
         if self.mode == "http500":
             return web.Response(status=500, text="Internal Server Error")
-        body = json.dumps(self.info).encode()
+        body = json.dumps(self._served(self.info)).encode()
         if self.mode == "truncated":
             body = body[: len(body) // 2]
         elif self.mode == "garbage":
@@ -55,7 +58,10 @@ class FixtureMiner:
         self.requests.append(("GET", request.path, None))
         if self.asic is None:
             return web.Response(status=404, text="Not Found")
-        return web.json_response(self.asic)
+        return web.json_response(self._served(self.asic))
+
+    def _served(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return doc if self.transform is None else self.transform(doc)
 
     async def _patch(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -239,3 +239,64 @@ class VictoriaMetrics(Server):
         """Make recently written points visible to exports (VictoriaMetrics buffers them for ~1 s)."""
         with urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10) as r:
             r.read()
+
+
+class Prometheus(Server):
+    """Prometheus (Debian's prometheus) scraping `targets` (host:port of /metrics) every `interval` seconds."""
+
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, targets: list[str], port: int | None = None, interval: float = 1.0) -> None:
+        super().__init__(workdir, port)
+        self.targets = list(targets)
+        self.interval = interval
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        binary = find_binary("prometheus", "/usr/bin/prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus is not installed; run `make test` or apt-get install prometheus")
+        import json
+
+        conf = self.workdir / "prometheus.yml"
+        # JSON is YAML: no YAML writer needed for this small file.
+        conf.write_text(json.dumps({
+            "global": {"scrape_interval": f"{self.interval:g}s", "scrape_timeout": f"{self.interval:g}s",
+                       "evaluation_interval": f"{self.interval:g}s"},
+            "scrape_configs": [{"job_name": "bitaxe-bridge", "static_configs": [{"targets": self.targets}]}],
+        }))
+        return [binary, f"--config.file={conf}", f"--storage.tsdb.path={self.workdir}/tsdb",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=0.5) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def query(self, promql: str, time: float | None = None) -> list[dict]:
+        """The result vector of an instant query (raises on a PromQL error, with Prometheus's message)."""
+        import json
+        import urllib.parse
+
+        params = {"query": promql}
+        if time is not None:
+            params["time"] = f"{time:.3f}"
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                doc = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"PromQL {promql!r} failed: {exc.read().decode(errors='replace')}") from None
+        assert doc["status"] == "success", doc
+        return list(doc["data"]["result"])
+
+    def targets_up(self) -> list[dict]:
+        import json
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as r:
+            return list(json.loads(r.read())["data"]["activeTargets"])
