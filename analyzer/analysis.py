@@ -95,6 +95,7 @@ def analyze(store: Store, miners: list[str], *, since: float | None, until: floa
             try:
                 r = MinerStream(src, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
                     since, until, gates)
+                ledger.forget_unused()  # streams of options nobody asked for in a month
             finally:
                 ledger.close()
                 if src is not store:

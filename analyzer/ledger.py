@@ -161,8 +161,9 @@ class Ledger:
 
     def forget_unused(self) -> None:
         old = time.time() - UNUSED_DAYS * 86400
-        for (sid,) in self.db.execute("SELECT id FROM streams WHERE used < ?", (old,)).fetchall():
-            self._drop(int(sid))
+        with self.transaction():
+            for (sid,) in self.db.execute("SELECT id FROM streams WHERE used < ?", (old,)).fetchall():
+                self._drop(int(sid))
 
     # ---- segments and their steady bins --------------------------------------------------------------
     def add_segment(self, sid: int, seg: Segment) -> None:

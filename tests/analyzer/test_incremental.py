@@ -212,6 +212,13 @@ def test_other_options_have_their_own_stream(tmp_path: Path, history: tuple[Samp
     store = Reads(SqliteStore(db))
     run(store, cache)  # type: ignore[arg-type]
     assert min(a for a, _ in store.ranges) > float(s.time[-1]) - 2 * SETTLE_S  # still saved
+    # A stream nobody asked for in a month is dropped at the next run.
+    with sqlite3.connect(miner_file(cache, "rig-1")) as c:
+        assert c.execute("SELECT COUNT(*) FROM streams").fetchone()[0] == 4
+        c.execute("UPDATE streams SET used = 0 WHERE options LIKE '%60.0%'")
+    run(SqliteStore(db), cache)
+    with sqlite3.connect(miner_file(cache, "rig-1")) as c:
+        assert c.execute("SELECT COUNT(*) FROM streams").fetchone()[0] == 3
 
 
 def test_the_store_is_not_written_and_a_broken_cache_is_made_again(tmp_path: Path,

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from analyzer.cli import main as analyze
 from simulator.server import Fleet, SimMinerSpec
-from tests.e2e.test_outage_and_kill import start_bridge
 from tests.mqtt.broker import Watcher, retained, wait_retained
+from tests.support.bridge_process import start_bridge
 from tests.support.servers import InfluxDB1, Mosquitto
 
 
