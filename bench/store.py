@@ -14,13 +14,15 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.results import machine, write_section
 from bridge.config import InfluxConfig, SqliteConfig
 from bridge.reading import Reading
+from bridge.store import influx as influx_mod
+from bridge.store import points as points_mod
 from bridge.store.influx import WRITES_IN_FLIGHT, InfluxSink
 from bridge.store.points import LineEncoder
 from bridge.store.spool import Spool
@@ -93,15 +95,30 @@ def bench_sqlite(readings: list[Reading], workdir: Path) -> list[Row]:
             ("SQLite via SqliteSink", len(readings), dt_sink, "handle() + batched flush in a thread")]
 
 
+@contextlib.contextmanager
+def _as_before() -> Iterator[None]:
+    """The write path before issue 12: one batch in flight, the per-field encoder (and gzip off by config)."""
+    saved = influx_mod.WRITES_IN_FLIGHT, points_mod._ALL_FIELDS
+    influx_mod.WRITES_IN_FLIGHT, points_mod._ALL_FIELDS = 1, None
+    try:
+        yield
+    finally:
+        influx_mod.WRITES_IN_FLIGHT, points_mod._ALL_FIELDS = saved
+
+
 def bench_influx_sink(readings: list[Reading], cfg: InfluxConfig, label: str, note: str,
-                      server_pid: int | None = None) -> Row:
-    """As in the bridge: handle() spools every reading while the sink's own run() task flushes."""
+                      server_pid: int | None = None, replay: bool = False) -> Row:
+    """As in the bridge: handle() spools every reading while the sink's own run() task flushes. replay: the
+    readings are spooled first (an outage), then the timed part is sending the backlog."""
     async def run() -> tuple[float, float, float]:
         sink = InfluxSink(cfg)
         await sink.start()
+        if replay:
+            for r in readings:
+                await sink.handle(r)
         flusher = asyncio.create_task(sink.run())
         t, c, s = time.perf_counter(), time.process_time(), _proc_cpu(server_pid)
-        for i, r in enumerate(readings, 1):
+        for i, r in enumerate([] if replay else readings, 1):
             await sink.handle(r)
             if i % cfg.batch_size == 0:
                 await asyncio.sleep(0)  # the fan-out hands over one item at a time; the flusher gets turns
@@ -129,9 +146,9 @@ def _proc_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _describe(cfg: InfluxConfig) -> str:
-    return (f"batches of {cfg.batch_size:,}, {WRITES_IN_FLIGHT} in flight, " + ("gzip" if cfg.gzip else "plain")
-            + ", write-ahead spool, local server")
+def _describe(cfg: InfluxConfig, before: bool = False) -> str:
+    return (f"batches of {cfg.batch_size:,}, {1 if before else WRITES_IN_FLIGHT} in flight, "
+            + ("gzip" if cfg.gzip else "plain") + (", per-field encoder" if before else "") + ", local server")
 
 
 def _with_server(make: Callable[[], InfluxDB1 | VictoriaMetrics],
@@ -167,29 +184,39 @@ def main() -> None:
         rows.append(bench_spool(readings, work))
         rows += bench_sqlite(readings, work)
         # Variants in one run, each into a fresh database: the ratios are what to read.
-        variants = [("", {}), (", no gzip", {"gzip": False}), (", batches of 5,000", {"batch_size": 5000})]
+        variants: list[tuple[str, dict[str, object], bool, bool]] = [  # label, config, as before, replay
+            (", as before issue 12", {"gzip": False}, True, False), ("", {}, False, False),
+            (", no gzip", {"gzip": False}, False, False), (", batches of 5,000", {"batch_size": 5000}, False, False),
+            (", replaying a spooled backlog", {}, False, True)]
+
+        def sink_rows(server: InfluxDB1 | VictoriaMetrics, name: str, make: Callable[[int, dict[str, object]],
+                      InfluxConfig], which: list[int]) -> list[Row]:
+            assert server.proc is not None
+            out = []
+            for i in which:
+                label, extra, before, replay = variants[i]
+                cfg = make(i, extra)
+                with _as_before() if before else contextlib.nullcontext():
+                    out.append(bench_influx_sink(readings, cfg, f"{name} via InfluxSink{label}",
+                                                 _describe(cfg, before), server.proc.pid, replay))
+            return out
+
         if find_binary("influxd", "/usr/bin/influxd"):
             def v1(server: InfluxDB1 | VictoriaMetrics) -> list[Row]:
-                assert isinstance(server, InfluxDB1) and server.proc is not None
-                out = []
-                for i, (label, extra) in enumerate(variants):
+                assert isinstance(server, InfluxDB1)
+
+                def make(i: int, extra: dict[str, object]) -> InfluxConfig:
                     server.query(f'CREATE DATABASE "bench{i}"')
-                    cfg = InfluxConfig(url=server.url, api="v1", database=f"bench{i}", spool_dir=work / f"sp1{i}",
-                                       **extra)  # type: ignore[arg-type]
-                    out.append(bench_influx_sink(readings, cfg, f"InfluxDB 1.x /write via InfluxSink{label}",
-                                                 _describe(cfg), server.proc.pid))
-                return out
+                    return InfluxConfig(url=server.url, api="v1", database=f"bench{i}", spool_dir=work / f"sp1{i}",
+                                        **extra)
+                return sink_rows(server, "InfluxDB 1.x /write", make, [0, 1, 2, 3, 4])
             rows += _with_server(lambda: InfluxDB1(work / "influxdb"), v1)
         if find_binary("victoria-metrics", "/usr/bin/victoria-metrics"):
             def v2(server: InfluxDB1 | VictoriaMetrics) -> list[Row]:
-                assert isinstance(server, VictoriaMetrics) and server.proc is not None
-                out = []
-                for i, (label, extra) in enumerate(variants[:2]):
-                    cfg = InfluxConfig(url=server.url, bucket="bench", token="x", org="o", spool_dir=work / f"sp2{i}",
-                                       **extra)  # type: ignore[arg-type]
-                    out.append(bench_influx_sink(readings, cfg, f"VictoriaMetrics v2 API via InfluxSink{label}",
-                                                 _describe(cfg), server.proc.pid))
-                return out
+                def make(i: int, extra: dict[str, object]) -> InfluxConfig:
+                    return InfluxConfig(url=server.url, bucket="bench", token="x", org="o", spool_dir=work / f"sp2{i}",
+                                        **extra)
+                return sink_rows(server, "VictoriaMetrics v2 API", make, [0, 1, 2, 4])
             rows += _with_server(lambda: VictoriaMetrics(work / "vm"), v2)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"`python3 -m bench.store --points {args.points}` on {stamp}; {machine()}.\n"
