@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python bench/mqtt.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
+	$(BIN)/python -m bench.scaling --write-docs
 	$(BIN)/python -m bench.prometheus --write
 
 # The wheel the Home Assistant add-on's image installs (addon/Dockerfile); rebuild it for every release. A fixed

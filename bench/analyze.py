@@ -207,7 +207,7 @@ def bench_store(label: str, period: str, points: int, source: str, cache: Path, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--periods", default="90d,365d", help="comma-separated history lengths")
+    ap.add_argument("--periods", default="30d", help="comma-separated history lengths (docs: 90d, 365d)")
     ap.add_argument("--miners", type=int, default=10)
     ap.add_argument("--no-influx", action="store_true")
     ap.add_argument("--workdir", type=Path, help="where the stores go (default: a temporary directory)")
@@ -265,11 +265,12 @@ def render(rows: list[Row], miners: int) -> str:
     periods = ",".join(dict.fromkeys(r.period for r in rows))
     head = [
         f"`python3 -m bench.analyze --periods {periods} --write-docs` on {now}; {machine()}.",
-        f"`bitaxe-analyze rank` over {miners} miners with 5-s readings (a config change every 6 h), run as a "
-        "child process: the *first* run with an empty analysis cache, then one more hour of readings and the "
-        "*second* run, then a full recomputation without the cache (`--cache off`), whose numbers the second "
-        "run must equal. Seconds are wall time on a machine shared with other work; CPU is the analyzer "
-        "process's (+ the InfluxDB server's).", "",
+        f"`bitaxe-analyze rank` over {miners} miners with 5-s readings (a config change every 6 h, rows "
+        "interleaved by time as the bridge writes them), run as a child process: the *first* run with an "
+        "empty analysis cache, then one more hour of readings and the *second* run, then a full "
+        "recomputation without the cache (`--cache off`), whose numbers the second run must equal. Seconds "
+        "are wall time on a machine shared with other work; CPU is the analyzer process's (+ the InfluxDB "
+        "server's).", "",
         "| history | points | store | first run | CPU | second run (+1 h) | CPU | peak RSS first / second | "
         "cache | full recomputation | same numbers |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -280,6 +281,21 @@ def render(rows: list[Row], miners: int) -> str:
         body.append(f"| {r.period} | {r.points:,} | {r.store} | {r.first.wall:.1f} s | {cpu1} | "
                     f"{r.second.wall:.2f} s | {cpu2} | {r.first.rss_mb:.0f} / {r.second.rss_mb:.0f} MB | "
                     f"{r.cache_mb:.0f} MB | {r.full.wall:.1f} s | {'yes' if r.same else 'NO'} |")
+    # A year not measured for a store: its first run grows with the readings (the µs per reading of its
+    # longest measured history); the second run and the memory do not grow with the history.
+    year = miners * 365 * 86400 // 5
+    longest: dict[str, Row] = {}
+    for r in rows:
+        if r.store not in longest or r.points > longest[r.store].points:
+            longest[r.store] = r
+    for store, r in longest.items():
+        if r.points >= year:
+            continue
+        k = year / r.points
+        body.append(f"| 1 year (extrapolated from {r.period}) | {year:,} | {store} | ~{r.first.wall * k:.0f} s | "
+                    f"~{r.first.cpu * k:.0f} s" + (f" + ~{r.first.server_cpu * k:.0f} s" if r.first.server_cpu else "")
+                    + f" | ~{r.second.wall:.1f} s | | ~{r.first.rss_mb:.0f} / {r.second.rss_mb:.0f} MB | "
+                    f"~{r.cache_mb * k:.0f} MB | ~{r.full.wall * k:.0f} s | |")
     return "\n".join(head + body) + "\n"
 
 
