@@ -120,26 +120,24 @@ def bins_from_state(miner: str, width: float, d: dict[str, Any]) -> Bins:
 class Steady:
     """Steady bins of one segment, in order: all the statistics read (weight, means, shares per bin)."""
 
-    start: FloatArray
     n: FloatArray  # readings per bin (the weight)
     mean: dict[str, FloatArray]  # STEADY_KEYS
     shares: dict[str, FloatArray]  # COUNTERS: increments counted in the bin, NaN across a reset
 
-    ROWS: ClassVar[tuple[str, ...]] = ("start", "n", *STEADY_KEYS, *COUNTERS)
+    ROWS: ClassVar[tuple[str, ...]] = ("n", *STEADY_KEYS, *COUNTERS)
 
     def __len__(self) -> int:
         return int(self.n.size)
 
     def matrix(self) -> FloatArray:
         """One row per ROWS entry: the layout the analysis cache stores."""
-        return np.vstack([self.start, self.n, *(self.mean[k] for k in STEADY_KEYS),
-                          *(self.shares[c] for c in COUNTERS)])
+        return np.vstack([self.n, *(self.mean[k] for k in STEADY_KEYS), *(self.shares[c] for c in COUNTERS)])
 
     @classmethod
     def from_matrix(cls, m: FloatArray) -> Steady:
         k = len(STEADY_KEYS)
-        return cls(m[0], m[1], {key: m[2 + i] for i, key in enumerate(STEADY_KEYS)},
-                   {c: m[2 + k + i] for i, c in enumerate(COUNTERS)})
+        return cls(m[0], {key: m[1 + i] for i, key in enumerate(STEADY_KEYS)},
+                   {c: m[1 + k + i] for i, c in enumerate(COUNTERS)})
 
     @classmethod
     def concat(cls, parts: list[Steady]) -> Steady:

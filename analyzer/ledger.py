@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ from analyzer.data import Steady
 from analyzer.segments import Segment
 from analyzer.sums import ConfigSums
 
-FORMAT = "1"  # bump when what is stored changes meaning; older caches are then rebuilt
+FORMAT = "2"  # bump when what is stored changes meaning; older caches are then rebuilt
 BUSY_TIMEOUT_S = 120.0  # another analyzer run writing the same cache
 UNUSED_DAYS = 30.0  # streams not read for this long (other --bin / warm-up options) are dropped
 
@@ -199,15 +200,16 @@ class Ledger:
         (n,) = self.db.execute("SELECT COUNT(*) FROM parts WHERE stream = ? AND lo = ?", (sid, lo)).fetchone()
         m = steady.matrix()
         head = np.asarray([m.shape[0]], dtype="<f8")
+        # zlib level 1: weights, share counts and constant columns shrink, the whole to ~40 %, for ~1 µs a bin.
         self.db.execute("INSERT INTO parts VALUES (?, ?, ?, ?)",
-                        (sid, lo, int(n), head.tobytes() + m.astype("<f8").tobytes()))
+                        (sid, lo, int(n), zlib.compress(head.tobytes() + m.astype("<f8").tobytes(), 1)))
 
     def piece(self, sid: int, lo: int) -> Steady | None:
         """The steady bins stored for the segment starting at bin `lo` (None: none)."""
         parts = []
         for (data,) in self.db.execute("SELECT data FROM parts WHERE stream = ? AND lo = ? ORDER BY part",
                                        (sid, lo)):
-            flat = np.frombuffer(data, dtype="<f8")
+            flat = np.frombuffer(zlib.decompress(data), dtype="<f8")
             rows = int(flat[0])
             parts.append(Steady.from_matrix(flat[1:].reshape(rows, -1)))
         return Steady.concat(parts) if parts else None

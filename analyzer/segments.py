@@ -287,8 +287,7 @@ class Segmenter:
             shares[c] = np.where(d < 0, np.nan, d)  # a counter reset the segmentation missed
             cur.last_max[c] = float(mx[-1])
         self.sink.steady(cur.lo, cur.config, Steady(
-            start=b.start[a:z].copy(), n=b.n[a:z].copy(), mean={k: b.mean[k][a:z].copy() for k in STEADY_KEYS},
-            shares=shares))
+            n=b.n[a:z].copy(), mean={k: b.mean[k][a:z].copy() for k in STEADY_KEYS}, shares=shares))
 
     def _close(self, ended_by: str) -> None:
         cur = self.cur

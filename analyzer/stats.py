@@ -335,7 +335,7 @@ def _steady_of(bins: Bins, s: Segment) -> Steady:
         before = bins.counter_max[c][a - 1] if a > s.lo else bins.counter_min[c][a]
         d = np.diff(np.concatenate([[before], bins.counter_max[c][a:z]]))
         shares[c] = np.where(d < 0, np.nan, d)
-    return Steady(bins.start[a:z], bins.n[a:z], {k: bins.mean[k][a:z] for k in STEADY_KEYS}, shares)
+    return Steady(bins.n[a:z], {k: bins.mean[k][a:z] for k in STEADY_KEYS}, shares)
 
 
 # ----------------------------------------------------------------------------------------- comparisons
