@@ -270,8 +270,6 @@ class MqttBridge:
                         # messages until the broker goes away.
                         raise_if_cancelling()
                         self.connected.set()
-                        self.since = time.time()
-                        self.connections += 1
                         backoff = 1.0
                         log.info("mqtt: connected to %s (prefix %s)", where, self.mqtt.prefix)
                         async for message in client.messages:
@@ -306,6 +304,9 @@ class MqttBridge:
             for topic in t.set_wildcards:
                 await client.subscribe(topic, qos=1)
         await client.publish(t.bridge_availability, "online", qos=1, retain=True)
+        # Counted before the first publish: the bridge state published from here on says "connected".
+        self.since = time.time()
+        self.connections += 1
         self.client = client  # from here on, readings are published as they come
         await self._republish(client)
 
