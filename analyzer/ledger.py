@@ -28,7 +28,7 @@ from analyzer.data import Steady
 from analyzer.segments import Segment
 from analyzer.sums import ConfigSums
 
-FORMAT = "2"  # bump when what is stored changes meaning; older caches are then rebuilt
+FORMAT = "3"  # bump when what is stored changes meaning; older caches are then rebuilt
 BUSY_TIMEOUT_S = 120.0  # another analyzer run writing the same cache
 UNUSED_DAYS = 30.0  # streams not read for this long (other --bin / warm-up options) are dropped
 

@@ -20,7 +20,17 @@ import numpy as np
 from analyzer.columns import COUNTERS
 from analyzer.data import STEADY_KEYS, Bins, Steady
 from analyzer.segments import Segment
-from analyzer.sums import BatchSums, ConfigSums, Correlation, Moments, NeedLags, RatioSums, correlation
+from analyzer.sums import (
+    PAIR_GROUP,
+    REJECT_GROUP,
+    BatchSums,
+    ConfigSums,
+    Correlation,
+    Moments,
+    NeedLags,
+    RatioSums,
+    correlation,
+)
 
 LEVEL = 0.95
 MIN_BATCHES = 4  # fewer and the interval is not worth printing ("too little data")
@@ -229,23 +239,24 @@ def config_stats_from(data: ConfigData, gates: Gates = Gates()) -> ConfigStats:
     w_bin = data.width
     lengths = [s.hi - s.steady for s in segs if s.hi > s.steady]
     n_bins = sum(lengths)
-    total = data.closed.copy()
+    moments = data.closed.copy()  # τ first: it sets the batch lengths
     for p in data.recent:
-        total.add(p)
-    taus = _correlations(data, total) if n_bins else dict.fromkeys(STEADY_KEYS)
+        moments.add(p)
+    taus = _correlations(data, moments) if n_bins else dict.fromkeys(STEADY_KEYS)
     pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
     corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
     sizes = {k: b for k, c in taus.items() if (b := batch_size(c, n_bins)) is not None}
-    wanted = (sizes, batch_size(corr, n_bins) if n_bins else None,
-              batch_size(taus["hashrate"], n_bins) or max(1, n_bins))
-    if wanted != data.closed.lengths():
-        # New batch lengths: the batch sums of the counted pieces are made again from their bins.
-        data.closed.reset_batches(*wanted)
+    b_pair = batch_size(corr, n_bins) if n_bins else None
+    b_reject = batch_size(taus["hashrate"], n_bins) or max(1, n_bins)
+    stale = data.closed.retarget({**{k: sizes.get(k) for k in STEADY_KEYS}, PAIR_GROUP: b_pair,
+                                  REJECT_GROUP: b_reject})
+    if stale:
+        # A batch length outside the kept window: those batch sums are made again from the stored bins.
         for p in data.reread():
-            data.closed.add_batches(p)
-        total = data.closed.copy()
-        for p in data.recent:
-            total.add(p)
+            data.closed.add_batches(p, groups=stale)
+    total = data.closed.copy()
+    for p in data.recent:
+        total.add(p)
 
     def seconds(c: Correlation | None) -> float | None:
         return None if c is None else c.tau * w_bin
@@ -262,11 +273,15 @@ def config_stats_from(data: ConfigData, gates: Gates = Gates()) -> ConfigStats:
         elif key not in sizes:  # fewer than 16 values: a point estimate only
             est[key] = Estimate(_mean(mo), note="too little data for an interval")
         else:
-            est[key] = _weighted(mo, total.batch[key], seconds(taus[key]), inflate(taus[key], sizes[key]))
-    if total.pair is not None:
-        f = inflate(corr, total.pair.b)
-        est["j_per_th"] = _ratio(total.pair, 1000.0, seconds(corr), f)
-        est["gh_per_w"] = _ratio(total.pair, 1.0, seconds(corr), f, invert=True)
+            bs = total.sums(key, sizes[key])
+            assert isinstance(bs, BatchSums)
+            est[key] = _weighted(mo, bs, seconds(taus[key]), inflate(taus[key], sizes[key]))
+    if b_pair is not None:
+        ratio = total.sums(PAIR_GROUP, b_pair)
+        assert isinstance(ratio, RatioSums)
+        f = inflate(corr, b_pair)
+        est["j_per_th"] = _ratio(ratio, 1000.0, seconds(corr), f)
+        est["gh_per_w"] = _ratio(ratio, 1.0, seconds(corr), f, invert=True)
     else:
         pw, hr = est["power"].value, est["hashrate"].value
         note = "too little data for an interval"
@@ -274,11 +289,12 @@ def config_stats_from(data: ConfigData, gates: Gates = Gates()) -> ConfigStats:
         est["gh_per_w"] = Estimate(hr / pw if pw > 0 else math.nan, note=note)
     if not n_bins:
         est["reject_pct"] = NO_DATA
-    elif total.reject is None or total.reject.v[2] <= 0:
+    elif (rej := total.sums(REJECT_GROUP, b_reject)).v[2] <= 0:
         est["reject_pct"] = Estimate(math.nan, note="no shares")
     else:
         # Batches weighted by their share count: Σrej/Σshares, the pooled reject rate.
-        est["reject_pct"] = _ratio(total.reject, 100.0, None, 1.0)
+        assert isinstance(rej, RatioSums)
+        est["reject_pct"] = _ratio(rej, 100.0, None, 1.0)
     return _verdict(data, est, total.weight, n_bins, gates)
 
 

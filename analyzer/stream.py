@@ -268,7 +268,7 @@ class MinerStream:
                 parts = [p] if (p := self.ledger.piece(sid, s.lo)) is not None else []
                 recent.append(Steady.concat([*parts, *sink.parts.get(s.lo, [])]))
             closed = sums.get(cfg, ConfigSums())
-            before = closed.lengths()
+            before = {g: set(w) for g, w in closed.batch.items()}
 
             def reread(segs: list[Segment] = segs) -> Iterator[Steady]:
                 for s in segs:
@@ -277,7 +277,7 @@ class MinerStream:
 
             out.append(config_stats_from(ConfigData(self.miner, cfg, self.width, segs, closed, recent, reread),
                                          gates))
-            if cfg in sums and closed.lengths() != before:
+            if cfg in sums and {g: set(w) for g, w in closed.batch.items()} != before:
                 with self.ledger.transaction():
                     self.ledger.put_sums(sid, cfg, closed)
         return out

@@ -205,50 +205,65 @@ class RatioSums:
                               (ww * ww * n * d).sum(), (ww * ww * d * d).sum()])
 
 
+# Batch sums are kept for the batch length of the last run and its neighbours: τ drifts as data comes in,
+# and a batch length one off needs no second reading of the stored bins.
+WINDOW = 1
+PAIR_GROUP, REJECT_GROUP = "pair", "reject"  # the groups of batch sums besides one per metric
+
+
 @dataclass
 class ConfigSums:
     """Everything the statistics of one config need from its steady bins, added piece by piece.
 
-    `batch`, `pair` and `reject` hold the batch sums for the batch lengths of the last run; the
-    statistics recompute them from the bins when the batch length changes.
+    `batch` holds, per group (each metric, the J/TH pair, the reject rate), batch sums for a window of batch
+    lengths around the last run's; the statistics make a group's window again from the stored bins when
+    the batch length it needs is outside it.
     """
 
     lags: int = MAX_LAG
     weight: float = 0.0  # readings in the steady bins
     moments: dict[str, Moments] = field(default_factory=dict)
-    batch: dict[str, BatchSums] = field(default_factory=dict)
-    pair: RatioSums | None = None
-    reject: RatioSums | None = None
+    batch: dict[str, dict[int, BatchSums | RatioSums]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for k in STEADY_KEYS:
             self.moments.setdefault(k, Moments(lags=self.lags))
 
     def add(self, piece: Steady, sign: int = 1) -> None:
-        """A piece's bins: into the moments, and into the batch sums kept for their batch lengths (sign −1:
-        out again, when the data under a counted piece changed)."""
+        """A piece's bins: into the moments, and into the batch sums kept (sign −1: out again, when the data
+        under a counted piece changed)."""
         self.weight += sign * float(piece.n.sum())
         for k in STEADY_KEYS:
             self.moments[k].add(piece.mean[k], piece.n, sign)
         self.add_batches(piece, sign)
 
-    def add_batches(self, piece: Steady, sign: int = 1) -> None:
-        for k, bs in self.batch.items():
-            bs.add(piece.mean[k], piece.n, self.moments[k].c, sign)
-        if self.pair is not None:
-            self.pair.add_means(piece.mean[PAIR[0]], piece.mean[PAIR[1]], piece.n, sign)
-        if self.reject is not None:
-            self.reject.add_counts(piece.shares[COUNTERS[1]], piece.shares[COUNTERS[0]], sign)
+    def add_batches(self, piece: Steady, sign: int = 1, groups: set[str] | None = None) -> None:
+        for group, window in self.batch.items():
+            if groups is not None and group not in groups:
+                continue
+            for bs in window.values():
+                if isinstance(bs, BatchSums):
+                    bs.add(piece.mean[group], piece.n, self.moments[group].c, sign)
+                elif group == PAIR_GROUP:
+                    bs.add_means(piece.mean[PAIR[0]], piece.mean[PAIR[1]], piece.n, sign)
+                else:
+                    bs.add_counts(piece.shares[COUNTERS[1]], piece.shares[COUNTERS[0]], sign)
 
-    def reset_batches(self, batch: dict[str, int], pair: int | None, reject: int) -> None:
-        """Empty batch sums for new batch lengths, to be refilled with add_batches from every piece."""
-        self.batch = {k: BatchSums(b) for k, b in batch.items()}
-        self.pair = None if pair is None else RatioSums(pair)
-        self.reject = RatioSums(reject)
+    def retarget(self, wanted: dict[str, int | None]) -> set[str]:
+        """Groups whose wanted batch length is outside their window get an empty window around it (to be
+        filled with add_batches(…, groups=) from every piece): those groups are returned."""
+        stale = set()
+        for group, b in wanted.items():
+            if b is None:
+                self.batch.pop(group, None)
+            elif b not in self.batch.get(group, {}):
+                make = BatchSums if group not in (PAIR_GROUP, REJECT_GROUP) else RatioSums
+                self.batch[group] = {x: make(x) for x in range(max(1, b - WINDOW), b + WINDOW + 1)}
+                stale.add(group)
+        return stale
 
-    def lengths(self) -> tuple[dict[str, int], int | None, int | None]:
-        return ({k: v.b for k, v in self.batch.items()}, None if self.pair is None else self.pair.b,
-                None if self.reject is None else self.reject.b)
+    def sums(self, group: str, b: int) -> BatchSums | RatioSums:
+        return self.batch[group][b]
 
     def copy(self) -> ConfigSums:
         return ConfigSums.from_bytes(self.to_bytes())
@@ -263,14 +278,9 @@ class ConfigSums:
             head["moments"][k] = [mo.c, mo.pieces, mo.m, mo.s, mo.pw, mo.pwx,  # type: ignore[index]
                                   sorted(mo.sizes.items())]
             arrays += [mo.p, mo.ab, mo.cnt]
-        for k, bs in self.batch.items():
-            head["batch"][k] = [bs.b, bs.m]  # type: ignore[index]
-            arrays.append(bs.v)
-        for name in ("pair", "reject"):
-            rs = getattr(self, name)
-            head[name] = None if rs is None else [rs.b, rs.m]
-            if rs is not None:
-                arrays.append(rs.v)
+        for group, window in self.batch.items():
+            head["batch"][group] = [[b, bs.m] for b, bs in window.items()]  # type: ignore[index]
+            arrays += [bs.v for bs in window.values()]
         text = json.dumps(head).encode()
         return len(text).to_bytes(4, "little") + text + np.concatenate(arrays).astype("<f8").tobytes()
 
@@ -294,10 +304,8 @@ class ConfigSums:
             counts = {int(a): int(b) for a, b in sizes}
             out.moments[k] = Moments(lags, float(c), int(pieces), int(m), float(s), max(counts, default=0),
                                      take(lags + 1), take(lags + 1), take(lags + 1), float(pw), float(pwx), counts)
-        for k, (b, m) in head["batch"].items():
-            out.batch[k] = BatchSums(int(b), int(m), take(5))
-        for name in ("pair", "reject"):
-            if head[name] is not None:
-                b, m = head[name]
-                setattr(out, name, RatioSums(int(b), int(m), take(6)))
+        for group, window in head["batch"].items():
+            ratio = group in (PAIR_GROUP, REJECT_GROUP)
+            out.batch[group] = {int(b): RatioSums(int(b), int(m), take(6)) if ratio else
+                                BatchSums(int(b), int(m), take(5)) for b, m in window}
         return out

@@ -210,6 +210,7 @@ def main() -> None:
     ap.add_argument("--periods", default="30d", help="comma-separated history lengths (docs: 90d, 365d)")
     ap.add_argument("--miners", type=int, default=10)
     ap.add_argument("--no-influx", action="store_true")
+    ap.add_argument("--influx-periods", help="the periods also written to InfluxDB (default: all of --periods)")
     ap.add_argument("--workdir", type=Path, help="where the stores go (default: a temporary directory)")
     ap.add_argument("--write-docs", action="store_true",
                     help="replace the ## Analyzer section of docs/performance.md")
@@ -238,7 +239,7 @@ def main() -> None:
             rows.append(bench_store("SQLite", period, n, f"sqlite:{db}", tmp / f"{period}-sqlite.analysis",
                                     more_sqlite, None))
             db.unlink()
-            if server is not None:
+            if server is not None and period in (args.influx_periods or args.periods).split(","):
                 name = f"bench_{uuid.uuid4().hex[:6]}"
                 t0 = time.perf_counter()
                 n = write_influx_days(server.url, name, Fleet(args.miners), range(days))
