@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def run_instances(groups: list[tuple[str | None, list[tuple[int, str]]]], work: 
         work.mkdir(parents=True, exist_ok=True)
         cfg = _config(work, name, hosts, mosquitto.port, influx.url)
         log = open(work / f"{name or 'one'}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-m", "bridge.cli", "run", "--config", str(cfg)],
+        procs.append(subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bridge.cli", "run", "--config", str(cfg)],
                                       cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=log))
     try:
         time.sleep(warmup)
@@ -93,21 +94,29 @@ def run_instances(groups: list[tuple[str | None, list[tuple[int, str]]]], work: 
         time.sleep(POLL_S + 1)  # the window's readings reach the store
         n1 = [_written(influx, ns) for ns in names]
         rss = [_hwm_mb(p.pid) for p in procs]
-        for p in procs:
-            assert p.poll() is None, f"a bridge exited early; see {work}"
+        for p, (name, _) in zip(procs, groups, strict=True):
+            if p.poll() is not None:
+                tail = (work / f"{name or 'one'}.log").read_text()[-3000:]
+                raise RuntimeError(f"a bridge exited early:\n{tail}")
         return [Sample(len(hosts), c1[i] - c0[i], wall, rss[i], n1[i] - n0[i]) for i, (_, hosts) in enumerate(groups)]
     finally:
         for p in procs:
             p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+        for p, (name, _) in zip(procs, groups, strict=True):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGABRT)  # faulthandler: where it hangs
+                p.wait(timeout=10)
+                raise RuntimeError("a bridge did not stop:\n" + (work / f"{name or 'one'}.log").read_text()[-6000:]) \
+                    from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--miners", default="200,1000")
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--warmup", type=float, default=30.0)
+    ap.add_argument("--warmup", type=float, default=60.0)
     ap.add_argument("--write-docs", action="store_true", help="replace the ## Scaling section of docs/performance.md")
     args = ap.parse_args()
     rows: list[tuple[str, list[Sample]]] = []
