@@ -160,17 +160,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60, help="CPU measurement window")
     ap.add_argument("--write", action="store_true", help="update docs/performance.md")
     args = ap.parse_args()
+    load = os.getloadavg()[0]
     res = asyncio.run(measure(args))
     push, poll = res["push"], res["poll"]
     w, wo = res["with"], res["without"]
     assert isinstance(push, list) and isinstance(poll, list) and isinstance(w, dict) and isinstance(wo, dict)
     extra = (w["cpu_per_s"] - wo["cpu_per_s"]) / args.miners  # core-seconds per second per miner
     per_push = (w["cpu_per_s"] - wo["cpu_per_s"]) / w["pushes_per_s"] if w["pushes_per_s"] else float("nan")
-    per_poll = wo["cpu_per_s"] / (args.miners / 5.0)
     stamp = time.strftime("%Y-%m-%d")
     text = "\n".join([
         f"`python bench/live.py` on {stamp}, {machine()}. The real `bitaxe-bridge run` in its own process,",
-        "simulated v2.15 miners, mosquitto on 127.0.0.1. A frequency change is made on the simulated miner (PATCH",
+        f"simulated v2.15 miners, mosquitto on 127.0.0.1 (load average {load:.1f} when it started: other jobs ran "
+        "too). A frequency change is made on the simulated miner (PATCH",
         "straight to it) at a random moment; the time runs until `bitaxe/<miner>/state` shows the new clock.",
         "",
         "| change to MQTT | changes | median | p99 | max |",
@@ -191,8 +192,8 @@ def main() -> None:
         "",
         f"The push costs about {extra * 100:.2f} % of a core per miner, {per_push * 1e6:.0f} µs per pushed message "
         "(a WebSocket frame in; merge, parse and check the whole document; the reading to the watchdog and a state "
-        f"message to MQTT), against {per_poll * 1e6:.0f} µs per poll (request, the same checks, a state message) in "
-        "the same run. So one core carries the push of about "
+        "message to MQTT; the CPU of the run with the push less that of the run without, per message). So one core "
+        "carries the push of about "
         f"{(1 / extra if extra > 0 else float('inf')):,.0f} miners; a large fleet can turn it off "
         "(`http.live_push: false`) or keep it for a few miners (`live_push` per miner).",
     ])

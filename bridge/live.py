@@ -76,6 +76,10 @@ class _Refused(Exception):
         self.status = status
 
 
+class _Lost(Exception):
+    """The session cannot go on: stalled, or a message that cannot be read."""
+
+
 class LiveFeed:
     """One miner's subscription: opened while the miner is online on firmware that offers it, reopened with
     backoff when it drops; every message goes to `on_update`. Never waits on the miner's polls, nor they on it.
@@ -108,7 +112,7 @@ class LiveFeed:
             firmware = await self._wanted()
             try:
                 await self._session(session)
-                problem = "the miner closed it"
+                problem = "the miner closed the session"
             except _Refused as exc:
                 if exc.status in (401, 429) or exc.status >= 500:
                     problem = str(exc)
@@ -117,7 +121,12 @@ class LiveFeed:
                     self.without = firmware
                     log.info("miner %s: firmware %s has no live push (%s); polling only", self.name, firmware, exc)
                     continue
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            except _Lost as exc:
+                problem = str(exc)
+            except TimeoutError:
+                raise_if_cancelling()
+                problem = f"no answer to the upgrade within {self.timeout:g} s"
+            except (aiohttp.ClientError, OSError) as exc:
                 raise_if_cancelling()
                 problem = describe(exc)
             except Exception as exc:  # a bug must not end this miner's feed, nor touch its polls
@@ -129,8 +138,7 @@ class LiveFeed:
             self.failures += 1
             wait = self.delay(self.failures)
             (log.info if self.failures == 1 else log.debug)(
-                "miner %s: live push %s (%s); again in %.0f s, polling goes on", self.name,
-                "ended" if self.failures == 1 else "failed", problem, wait)
+                "miner %s: live push: %s; trying again in %.0f s (polling goes on)", self.name, problem, wait)
             await asyncio.sleep(wait)
 
     async def _wanted(self) -> str:
@@ -153,12 +161,15 @@ class LiveFeed:
         self.sessions += 1
         try:
             while True:
-                async with asyncio.timeout(IDLE):
-                    msg = await ws.receive()
+                try:
+                    async with asyncio.timeout(IDLE):
+                        msg = await ws.receive()
+                except TimeoutError:
+                    raise _Lost(f"no update for {IDLE:g} s") from None
                 if msg.type is not aiohttp.WSMsgType.TEXT:
                     if msg.type is aiohttp.WSMsgType.ERROR:
                         err = ws.exception()
-                        raise ValueError(f"a broken message ({describe(err) if err else msg.data})")
+                        raise _Lost(f"the session broke ({describe(err) if err else msg.data})")
                     return  # closed
                 self._update(msg.data)
                 self.failures = 0
@@ -174,14 +185,14 @@ class LiveFeed:
         try:
             doc = pydantic_core.from_json(text)
         except ValueError:
-            raise ValueError(f"a message is not JSON: {text[:60]!r}") from None
+            raise _Lost(f"a message is not JSON: {text[:60]!r}") from None
         if not isinstance(doc, dict):
-            raise ValueError(f"a message is not a JSON object: {text[:60]!r}")
+            raise _Lost(f"a message is not a JSON object: {text[:60]!r}")
         if doc.get("event") != "update":
             return
         data = doc.get("data")
         if not isinstance(data, dict):
-            raise ValueError(f'an update\'s "data" is not an object: {text[:60]!r}')
+            raise _Lost(f'an update\'s "data" is not an object: {text[:60]!r}')
         self.messages += 1
         self.on_update(data)
 

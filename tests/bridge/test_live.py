@@ -325,3 +325,61 @@ async def test_the_watchdog_acts_on_a_pushed_reading() -> None:
             requests = list(m.requests)
             before = [r for r in requests[:requests.index(step_down)] if r[:2] == INFO]
             assert len(before) == 1  # acted before any poll but the first
+
+
+async def test_the_push_can_be_turned_off_for_all_miners_or_one() -> None:
+    async with Fleet([SimMinerSpec(firmware="2.15.0"), SimMinerSpec(firmware="2.15.0")]) as fleet:
+        cfg = parse_config({"miners": [{"name": "m0", "host": fleet.hosts[0], "live_push": False},
+                                       {"name": "m1", "host": fleet.hosts[1]}],
+                            "poll_interval": 1.0, "sqlite": None, "health_file": None})
+        off = cfg.model_copy(update={"http": cfg.http.model_copy(update={"live_push": False})})
+        async with polling(cfg) as run:
+            await wait_until(lambda: run.pushed and info_reads(fleet.miners[0]) >= 3)
+            assert run.poller.miners["m0"].live is None and run.poller.miners["m1"].live is not None
+            assert {r.miner for r in run.pushed} == {"m1"}
+        async with polling(off) as run:
+            assert all(s.live is None for s in run.poller.miners.values())
+    assert fleet.miners[0].request_counts[LIVE] == 0 and fleet.miners[1].request_counts[LIVE] == 1
+
+
+async def test_a_session_that_stalls_or_sends_garbage_is_opened_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever ends a session (an unreadable message, silence), the next one starts with the whole document."""
+    from aiohttp import web
+
+    from bridge import live
+
+    monkeypatch.setattr(live, "IDLE", 0.3)
+    scripts = ["not json", None, '{"event": "update", "data": {"frequency": 600}}']  # None: says nothing
+    sessions: list[int] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        script = scripts[min(len(sessions), len(scripts) - 1)]
+        sessions.append(1)
+        if script is not None:
+            await ws.send_str(script)
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get(LIVE_PATH, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    got: list[dict[str, Any]] = []
+    feed = LiveFeed("m0", f"http://127.0.0.1:{port}", {}, on_update=got.append, firmware=lambda: "v2.15.0",
+                    delay=lambda n: 0.05, timeout=2.0, max_bytes=1 << 18)
+    try:
+        async with live_session(cfg_for(["127.0.0.1:1"], 1)) as s:
+            task = asyncio.create_task(feed.run(s))
+            await wait_until(lambda: got)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await runner.cleanup()
+    assert got == [{"frequency": 600}] and feed.sessions == 3 and len(sessions) == 3
