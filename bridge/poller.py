@@ -51,7 +51,7 @@ class MinerState:
     unchanged_since: float | None = None  # time of the first of a run of identical readings
     live: LiveFeed | None = None  # its /api/ws/live subscription, when enabled
     coalescer: Coalescer | None = None  # its pushed readings on their way to MQTT and the watchdog
-    push_errors: int = 0  # pushed updates whose reading failed its checks
+    push_errors: int = 0  # pushed updates in a row whose reading failed its checks
     poll_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a push showed what only a poll can read
 
 
@@ -190,9 +190,10 @@ class Poller:
             reading = state.client.read_pushed(update, time.time())
         except MinerError as exc:
             state.push_errors += 1
-            (log.warning if state.push_errors == 1 else log.debug)("%s (in a live push; %d so far)", exc,
+            (log.warning if state.push_errors == 1 else log.debug)("%s (in a live push; %d in a row)", exc,
                                                                    state.push_errors)
             return
+        state.push_errors = 0
         if reading is None:
             state.poll_soon.set()
             return
