@@ -30,6 +30,7 @@ test: servers setup lint
 bench: setup
 	$(BIN)/python bench/poll.py --write
 	$(BIN)/python bench/mqtt.py --write
+	$(BIN)/python bench/live.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
 	$(BIN)/python -m bench.prometheus --write

@@ -36,6 +36,7 @@ class MinerConfig(_Strict):
     username: str | None = None  # HTTP basic auth, for firmware builds that add it
     password: SecretStr | None = None
     allow_custom_clocks: bool | None = None  # overrides safety.allow_custom_clocks for this miner
+    live_push: bool | None = None  # overrides http.live_push for this miner
 
     @field_validator("host")
     @classmethod
@@ -142,6 +143,7 @@ class HttpConfig(_Strict):
     offline_after: int = Field(5, ge=1, description="consecutive failures before a miner is offline")
     backoff_base: float = Field(1.0, ge=0.01, le=60, description="s before the first retry; doubles each failure")
     max_backoff: float = Field(60, ge=0.1, le=3600)
+    live_push: bool = Field(True, description="subscribe to /api/ws/live where the firmware has it (>= 2.14)")
 
 
 class HealthConfig(_Strict):

@@ -32,7 +32,8 @@ class Bridge:
         self.cfg = cfg
         self.started = time.time()
         self.fanout = Fanout()
-        self.poller = Poller(cfg, session, self.fanout.publish)
+        # Pushed readings reach MQTT and the watchdog; storage keeps the poll cadence (docs/firmware.md).
+        self.poller = Poller(cfg, session, self.fanout.publish, self.fanout.publish_live)
         reading_log = logging.getLogger("bitaxe.readings")
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
@@ -45,11 +46,11 @@ class Bridge:
                 self.influx = sink
         # Every command (MQTT, the watchdog, sessions) goes through this one guard.
         self.guard = Guard(cfg, self.poller, self.fanout.publish)
-        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True)
+        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True, live=True)
         self.mqtt: MqttBridge | None = None
         if cfg.mqtt is not None:
             self.mqtt = MqttBridge(cfg, self.guard)
-            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
+            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live=True)
         if cfg.prometheus is not None:
             from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
 
@@ -82,6 +83,8 @@ class Bridge:
             "time": now, "started": self.started, "uptime": round(now - self.started, 1),
             "miners": len(self.poller.miners), "online": sum(1 for s in states if s.online),
             "polls": sum(s.polls for s in states), "poll_errors": sum(s.errors for s in states),
+            "live": sum(1 for s in states if s.live is not None and s.live.connected),
+            "live_updates": sum(s.live.messages for s in states if s.live is not None),
             "queued": sum(q.queue.qsize() for q in self.fanout.queues), "sinks": sinks,
             "mqtt_connected": None, "mqtt_since": None, "mqtt_seconds": None, "mqtt_connections": None,
             "mqtt_dropped": None, "spool_points": None, "spool_mb": None, "spool_oldest": None,

@@ -72,10 +72,11 @@ class LogSink:
 class SinkQueue:
     """One sink's bounded inbox and the task that drains it."""
 
-    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool) -> None:
+    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: bool = False) -> None:
         self.sink = sink
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.drop_oldest = drop_oldest
+        self.live = live  # also takes the readings built from live pushes
         self.dropped = 0
         self.failures = ProblemLog(log, logging.ERROR)
 
@@ -125,12 +126,18 @@ class Fanout:
     def __init__(self) -> None:
         self.queues: list[SinkQueue] = []
 
-    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
-        self.queues.append(SinkQueue(sink, maxsize, drop_oldest))
+    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: bool = False) -> None:
+        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live))
 
     def publish(self, item: Item) -> None:
         for q in self.queues:
             q.put(item)
+
+    def publish_live(self, reading: Reading) -> None:
+        """A reading built from a live push: only to the sinks that asked for them (MQTT, the watchdog)."""
+        for q in self.queues:
+            if q.live:
+                q.put(reading)
 
     async def run(self) -> None:
         for q in self.queues:
