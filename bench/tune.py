@@ -24,13 +24,10 @@ from typing import Any
 
 from bench.results import machine, write_section
 from bridge.boards import BOARDS
-from bridge.commands import CommandPayload, CommandRejected, Guard
-from bridge.config import parse_config
-from bridge.reading import ClockConfig, Reading
+from bridge.reading import ClockConfig
 from bridge.tune.plan import Goal, Limits, Plan
 from bridge.tune.search import Grid
-from bridge.tune.tuner import Apply, Done, Record, Tuner
-from simulator.direct import DirectMiner
+from simulator.direct import DirectMiner, crossings, run_tune
 
 BENCH_BOARDS = ("Gamma", "Supra", "Ultra", "Max", "GammaTurbo", "Hex", "SupraHex", "GammaDuo")
 COMMAND_INTERVAL = 10.0  # s: safety.min_command_interval's default
@@ -107,98 +104,6 @@ def right(pick: str | None, tr: Truth, plan: Plan, miner: DirectMiner) -> tuple[
     if plan.goal is Goal.BALANCED and t.j_per_th > tr.j_per_th * (1 + plan.balance_tolerance / 100) * 1.01:
         return False, False
     return pick == tr.best, t.hashrate >= tr.hashrate * 0.99
-
-
-# ---- limit crossings --------------------------------------------------------------------------------------
-def crossings(r: Reading, limits: Limits) -> list[str]:
-    out = []
-    if r.asic_temp is not None and r.asic_temp > limits.max_chip_temp:
-        out.append(f"chip {r.asic_temp:.1f} °C > {limits.max_chip_temp:g}")
-    if r.vr_temp is not None and r.vr_temp > limits.max_vr_temp:
-        out.append(f"VR {r.vr_temp:.1f} °C > {limits.max_vr_temp:g}")
-    plimit = limits.power_limit(r.board.max_power)
-    if plimit is not None and r.power > plimit:
-        out.append(f"power {r.power:.1f} W > {plimit:.1f}")
-    if limits.min_input_voltage is not None and r.input_voltage is not None and \
-            r.input_voltage < limits.min_input_voltage:
-        out.append(f"input {r.input_voltage:.2f} V < {limits.min_input_voltage:g}")
-    return out
-
-
-# ---- the tuner in simulated time ---------------------------------------------------------------------------
-class _View:
-    """What the guard needs to see of the poller: one online miner and its last reading."""
-
-    def __init__(self, reading: Reading) -> None:
-        self.online = True
-        self.last: Reading | None = reading
-        self.client: Any = None
-
-
-class _Poller:
-    def __init__(self, name: str, reading: Reading) -> None:
-        self.miners: dict[str, Any] = {name: _View(reading)}
-
-    async def poll_now(self, name: str) -> Reading:  # pragma: no cover - the bench never awaits
-        raise NotImplementedError
-
-
-@dataclass
-class TuneRun:
-    summary: Any
-    seconds: float
-    readings: int
-    crossed: list[str] = field(default_factory=list)  # readings over a limit once the tuner was in control
-    found: list[str] = field(default_factory=list)  # over a limit before the tuner's first step (its pre-tune state)
-    commands: int = 0
-    trace: list[str] = field(default_factory=list)
-
-
-def run_tuner(miner: DirectMiner, plan: Plan, poll: float = 5.0, max_s: float = 6 * 3600.0) -> TuneRun:
-    cfg = parse_config({"miners": [{"name": miner.name, "host": miner.host}]}, "bench")
-    first = miner.read()
-    poller = _Poller(miner.name, first)
-    guard = Guard(cfg, poller, lambda item: None)
-    t0 = miner.time
-    tuner = Tuner(miner=miner.name, board=miner.board, start=first.config, plan=plan, now=t0,
-                  firmware=first.firmware)
-    pending = tuner.begin(t0)
-    run = TuneRun(summary=None, seconds=0.0, readings=0)
-    last_command = -math.inf
-    while miner.time - t0 < max_s:
-        while pending:
-            action = pending.pop(0)
-            if isinstance(action, Done):
-                run.summary = action.summary
-                run.seconds = miner.time - t0
-                return run
-            if isinstance(action, Record):
-                run.trace.append(f"{(miner.time - t0) / 60:6.1f} min  {action.message}")
-            if not isinstance(action, Apply):
-                continue
-            wait = last_command + COMMAND_INTERVAL - miner.time
-            if wait > 0:  # the guard's rate limit, in simulated time
-                miner.advance(wait)
-            cmd = CommandPayload(frequency=action.config.frequency, core_voltage=action.config.core_voltage)
-            try:
-                guard.check(miner.name, cmd, source="safety")  # options and power envelope; rate limit above
-            except CommandRejected as exc:
-                pending += tuner.applied(action.config, False, exc.code, exc.reason, miner.time)
-                continue
-            miner.apply(action.config)
-            last_command = miner.time
-            run.commands += 1
-            poller.miners[miner.name].last = miner.read()  # the guard's read-back
-            pending += tuner.applied(action.config, True, "ok", "applied", miner.time)
-        miner.advance(poll)
-        r = miner.read()
-        poller.miners[miner.name].last = r
-        run.readings += 1
-        (run.crossed if run.commands else run.found).extend(crossings(r, plan.limits))
-        pending += tuner.reading(r, miner.time)
-        pending += tuner.tick(miner.time)
-    pending += tuner.stop(miner.time, "bench time limit")
-    raise RuntimeError(f"tune did not finish within {max_s:.0f} s")
 
 
 # ---- the baseline: mrv777's Bitaxe-Hashrate-Benchmark protocol ---------------------------------------------
@@ -299,7 +204,7 @@ def main() -> None:
         miner = tr.miner()
         tru = truth(miner, plan, miner.read().config)
         w0 = time.perf_counter()
-        run = run_tuner(miner, plan)
+        run = run_tune(miner, plan, command_interval=COMMAND_INTERVAL)
         wall = time.perf_counter() - w0
         strict, within = right(run.summary.winner, tru, plan, miner)
         base_miner = tr.miner()
@@ -312,7 +217,7 @@ def main() -> None:
               f"pick {run.summary.winner!s:<9} {'OK ' if within else 'BAD'} {run.seconds / 60:5.1f} min "
               f"{run.readings:4d} rd {len(run.crossed)} crossed ({len(run.found)} found)  {wall:.1f}s wall")
         if args.verbose and not within:
-            print("\n".join(run.trace))
+            print(run.trace())
             print(run.summary.table())
     n = len(rows)
     print(f"within 1 %: {sum(r[3] for r in rows)}/{n}, strict {sum(r[2] for r in rows)}/{n}, "

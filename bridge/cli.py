@@ -74,6 +74,8 @@ def _prepare_paths(cfg: BridgeConfig) -> None:
         dirs.append(("influxdb.spool_dir", cfg.influxdb.spool_dir))
     if cfg.health_file is not None:
         dirs.append(("health_file", cfg.health_file.parent))
+    if cfg.tune_dir is not None:
+        dirs.append(("tune_dir", cfg.tune_dir))
     problems = []
     for field, d in dirs:
         try:
@@ -279,6 +281,14 @@ def demo_config(names: list[str], hosts: list[str], interval: float, data_dir: P
         raw["mqtt"] = {"host": mqtt[0], "port": mqtt[1]}
     return parse_config(raw, "demo")
 
+
+def _add_commands() -> None:
+    from bridge.tune.cli import tune
+
+    main.add_command(tune, "tune")
+
+
+_add_commands()
 
 if __name__ == "__main__":
     main()

@@ -271,7 +271,8 @@ class Guard:
     def release(self, miner: str) -> None:
         self.lockouts.pop(miner, None)
 
-    def _allow_custom(self, miner: str) -> bool:
+    def allows_custom(self, miner: str) -> bool:
+        """Whether this miner may get clocks off its board's option lists (up to the safety maxima)."""
         try:
             per_miner = self.cfg.miner(miner).allow_custom_clocks
         except KeyError:
@@ -290,7 +291,7 @@ class Guard:
                                   "wait until it answers again")
         board = last.board
         safety = self.cfg.safety
-        custom = self._allow_custom(miner)
+        custom = self.allows_custom(miner)
         for label, unit, value, options, maximum, key in (
             ("frequency", "MHz", cmd.frequency, board.frequency_options, safety.max_frequency, "max_frequency"),
             ("core voltage", "mV", cmd.core_voltage, board.voltage_options, safety.max_core_voltage,

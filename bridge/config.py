@@ -146,6 +146,7 @@ class BridgeConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
+    tune_dir: Path | None = Field(Path("data/tune"), description="auto-tune state, one JSON file per miner (resume)")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -84,21 +84,22 @@ class Breach:
 
 
 class Monitor:
-    """Checks every reading of a visit against the limits themselves, with its trend projected ahead.
+    """Checks every reading of a visit against the limits themselves, temperatures with their trend.
 
     Each value is the mean of the readings of the last `SMOOTH_S` seconds (one noisy reading must not
-    end a visit) plus the least-squares slope over the last `WINDOW_S` seconds times `horizon_s` (a poll
-    plus the time a step back takes); the visit is aborted when that comes within the guard band of a
-    limit, so the limit itself is not reached. A single reading past the limit ends it too.
+    end a visit). Temperatures lag the clock by the die's time constant: their least-squares slope over
+    the last `WINDOW_S` seconds, times `horizon_s` (a poll plus the time a step back takes), is added.
+    Power and input voltage follow the clock at once (what drifts after is leakage following the
+    temperature, a fraction of a percent per poll), so a projection would only amplify their noise.
+    The visit is aborted when a value comes within the guard band of its limit, so the limit itself is
+    not reached; a single reading past a limit ends it too.
     """
 
     WINDOW_S = 60.0
     SMOOTH_S = 15.0
-    # Power and input voltage step with the clock (the frequency ramp takes seconds): their trend means
-    # something only once the step is over. Temperatures move smoothly and are projected from the start.
-    STEP_S = 30.0
     # A temperature falling faster than this (°C/s) is heat left by the previous config, not this one's.
     COOLING = -0.002
+    HYSTERESIS = 1.0  # °C below the abort threshold before the tune goes on after a step back
 
     def __init__(self, limits: Limits, method: Method, max_power: float | None) -> None:
         self.method = method
@@ -113,14 +114,12 @@ class Monitor:
         if limits.min_input_voltage is not None:
             self.limits["input_voltage"] = (limits.min_input_voltage, limits.min_input_voltage + 0.05, -1)
         self.history: deque[tuple[float, dict[str, float]]] = deque()
-        self.since = -math.inf
         self.cooler = False
 
     def reset(self, cooler: bool = False) -> None:
         """A new visit; `cooler`: its config draws less power than the one before, so a high temperature
         before there is a trend to see is the previous config's heat."""
         self.history.clear()
-        self.since = -math.inf
         self.cooler = cooler
 
     def check(self, t: float, reading: Reading) -> Breach | None:
@@ -129,33 +128,42 @@ class Monitor:
         values = {"chip_temp": reading.asic_temp, "vr_temp": reading.vr_temp, "power": reading.power,
                   "input_voltage": reading.input_voltage}
         now = {k: float(v) for k, v in values.items() if v is not None and k in self.limits}
-        if not self.history:
-            self.since = t
         self.history.append((t, now))
         while self.history and self.history[0][0] < t - self.WINDOW_S:
             self.history.popleft()
         for what, (limit, threshold, direction) in self.limits.items():
             if what not in now:
                 continue
-            recent = [v[what] for tt, v in self.history if what in v and tt >= t - self.SMOOTH_S]
-            value = sum(recent) / len(recent)
-            stepped = what in ("power", "input_voltage")
-            trend = None if stepped and t - self.since < self.STEP_S else \
-                self._slope(what, self.since + self.STEP_S if stepped else None)
             if direction * (now[what] - limit) > 0:
                 return Breach(what, now[what], now[what], round(limit, 2))
-            if what.endswith("temp") and ((trend is not None and trend < self.COOLING)
-                                          or (trend is None and self.cooler)):
-                continue  # cooling down from the previous config: this one is not to blame
-            slope = trend or 0.0
-            projected = value + max(0.0, direction * slope) * direction * self.method.horizon_s
+            recent = [v[what] for tt, v in self.history if what in v and tt >= t - self.SMOOTH_S]
+            value = sum(recent) / len(recent)
+            projected = value
+            if what.endswith("temp"):
+                slope = self._slope(what)
+                if (slope is not None and slope < self.COOLING) or (slope is None and self.cooler):
+                    continue  # cooling down from the previous config: this one is not to blame
+                # Only a rise counts: a falling temperature must not excuse a high one.
+                projected += max(0.0, slope or 0.0) * self.method.horizon_s
             if direction * (projected - threshold) >= 0:
                 return Breach(what, now[what], projected, round(limit, 2))
         return None
 
-    def _slope(self, what: str, after: float | None) -> float | None:
-        """°C/s (W/s, V/s) over the window; None while there are too few readings to tell."""
-        pts = [(t, v[what]) for t, v in self.history if what in v and (after is None or t >= after)]
+    def clear(self, reading: Reading) -> bool:
+        """Every value inside its abort threshold, temperatures by a further `HYSTERESIS` °C: after a step
+        back, the tune goes on only from here."""
+        values = {"chip_temp": reading.asic_temp, "vr_temp": reading.vr_temp, "power": reading.power,
+                  "input_voltage": reading.input_voltage}
+        for what, (_, threshold, direction) in self.limits.items():
+            v = values.get(what)
+            margin = self.HYSTERESIS if what.endswith("temp") else 0.0
+            if v is not None and direction * (v - (threshold - direction * margin)) >= 0:
+                return False
+        return True
+
+    def _slope(self, what: str) -> float | None:
+        """°C/s over the window; None while there are too few readings to tell."""
+        pts = [(t, v[what]) for t, v in self.history if what in v]
         if len(pts) < 3 or pts[-1][0] - pts[0][0] < 10.0:
             return None
         t = np.asarray([p[0] for p in pts])

@@ -216,11 +216,11 @@ class Tuner:
             if v.restarts >= 2:
                 return out + self._end_candidate(t, Status.UNSTABLE, "the miner restarted twice at this config")
         v.last_uptime = r.uptime
+        if v.kind == "step_back":
+            return out + self._stepping_back(t, r)
         breach = self.monitor.check(t, r)
         if breach is not None:
             return out + self._breach(t, r, breach)
-        if v.kind == "step_back":
-            return out
         v.rows.append(row(r, t))
         if r.input_voltage is not None:
             v.input_voltage.append(r.input_voltage)
@@ -253,9 +253,6 @@ class Tuner:
             return []
         if ok:
             v.confirmed = True
-            if v.kind == "step_back":
-                self.current = None
-                return self._next(now)
             return []
         if code in FINAL_REFUSALS:
             if v.kind == "step_back":
@@ -382,11 +379,21 @@ class Tuner:
             return f"at best {best_j:.2f} J/TH, above the {limit:.2f} J/TH a balanced pick may have"
         return None
 
+    def _stepping_back(self, t: float, r: Reading) -> list[Action]:
+        """At the safe config after a breach: go on once every reading is back inside the limits (a die
+        still too hot would hand its heat to the next candidate), give up if that takes a warm-up's worth."""
+        v = self.current
+        assert v is not None and v.start is not None
+        if self.monitor.clear(r):
+            self.current = None
+            return self._next(t)
+        if t - v.start > self.plan.method.warmup.max_s:
+            return self._abort(t, f"still over a limit {t - v.start:.0f} s after stepping back to {v.config.tag}")
+        return []
+
     def _breach(self, t: float, r: Reading, breach: Breach) -> list[Action]:
         v = self.current
         assert v is not None
-        if v.kind == "step_back":
-            return self._abort(t, f"still over a limit after stepping back to {v.config.tag}: {breach}")
         cand = self.search[v.config]
         cand.power = r.power
         out = self._end_candidate(t, Status.OVER_LIMIT, str(breach), step_back=True)
