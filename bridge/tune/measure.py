@@ -7,6 +7,7 @@ detector (each visit to a config is a segment), batch-means intervals and the ra
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, replace
@@ -67,7 +68,7 @@ def error_estimate(visit: list[Row]) -> Estimate | None:
 # ---- the hard limits during a visit ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Breach:
-    """A reading (or its trend projected `horizon` ahead) came within the guard band of a hard limit."""
+    """A reading (or a temperature's projected trend) came within the guard band of a limit, or past it."""
 
     what: str  # chip_temp, vr_temp, power, input_voltage, overheat
     value: float
@@ -88,7 +89,8 @@ class Monitor:
 
     Each value is the mean of the readings of the last `SMOOTH_S` seconds (one noisy reading must not
     end a visit). Temperatures lag the clock by the die's time constant: their least-squares slope over
-    the last `WINDOW_S` seconds, times `horizon_s` (a poll plus the time a step back takes), is added.
+    the last `WINDOW_S` seconds is projected over the time to the next reading plus `reaction_s` (the
+    time a step back takes to be in effect).
     Power and input voltage follow the clock at once (what drifts after is leakage following the
     temperature, a fraction of a percent per poll), so a projection would only amplify their noise.
     The visit is aborted when a value comes within the guard band of its limit, so the limit itself is
@@ -144,7 +146,7 @@ class Monitor:
                 if (slope is not None and slope < self.COOLING) or (slope is None and self.cooler):
                     continue  # cooling down from the previous config: this one is not to blame
                 # Only a rise counts: a falling temperature must not excuse a high one.
-                projected += max(0.0, slope or 0.0) * self.method.horizon_s
+                projected += max(0.0, slope or 0.0) * (self._spacing() + self.method.reaction_s)
             if direction * (projected - threshold) >= 0:
                 return Breach(what, now[what], projected, round(limit, 2))
         return None
@@ -160,6 +162,12 @@ class Monitor:
             if v is not None and direction * (v - (threshold - direction * margin)) >= 0:
                 return False
         return True
+
+    def _spacing(self) -> float:
+        """Median seconds between this visit's readings (the poll interval, as it really is)."""
+        times = [t for t, _ in self.history]
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
+        return gaps[len(gaps) // 2] if gaps else 0.0
 
     def _slope(self, what: str) -> float | None:
         """°C/s over the window; None while there are too few readings to tell."""

@@ -119,7 +119,9 @@ class Method:
 
     bin_s: float = 10.0  # width of the bins the analyzer's warm-up detector and intervals work on
     warmup: WarmupPolicy = TUNE_WARMUP
-    horizon_s: float = 20.0  # trends are projected this far ahead: a poll plus the time a step back takes
+    # A temperature's trend is projected over the time between readings plus this: the time a step back
+    # takes to be in effect (the guard's rate limit, a PATCH, a frequency ramp).
+    reaction_s: float = 15.0
     guard_temp: float = 1.0  # °C: abort when a projected temperature comes this close to its limit
     guard_power: float = 0.01  # the same for power, as a fraction of its limit
     max_visit_s: float = 300.0  # steady seconds a candidate is measured before it counts as a contender

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from bridge.tune.tuner import Action, Apply, Done, Phase, Record, Tuner, TuneSta
 log = logging.getLogger("bitaxe.tune")
 
 Publish = Callable[[Reading | Event], None]
-TICK_S = 5.0  # wall seconds between ticks when no reading comes (a lost miner is noticed by the tuner)
+TICK_S = 5.0  # wall seconds between ticks at most when no reading comes (a lost miner is noticed by the tuner)
 SAVE_EVERY = 30.0  # wall seconds between state writes while measuring
 RESTORE_TIMEOUT = 30.0  # wall seconds for the restore command at shutdown
 
@@ -115,6 +115,9 @@ class TuneService:
             raise TuneError(f'miner "{miner}" is offline or has not been read yet; wait until it answers')
         safety = self.cfg.safety
         custom = self.guard.allows_custom(miner)
+        # A step back waits for the guard's rate limit and a PATCH (wall seconds), then the firmware's ramp.
+        reaction = (safety.min_command_interval + 1.0) * self.time_scale + 5.0
+        plan = replace(plan, method=replace(plan.method, reaction_s=max(plan.method.reaction_s, reaction)))
         tuner = Tuner(miner=miner, board=last.board, start=last.config, plan=plan, now=self._t(last.time),
                       firmware=last.firmware, max_frequency=safety.max_frequency if custom else None,
                       max_core_voltage=safety.max_core_voltage if custom else None)
@@ -156,7 +159,7 @@ class TuneService:
             actions = tuner.resume(now) if job.resumed else [*tuner.begin(now), *tuner.reading(first, now)]
             while not await self._perform(job, actions):
                 try:
-                    async with asyncio.timeout(TICK_S):
+                    async with asyncio.timeout(min(TICK_S, tuner.plan.method.lost_after_s / self.time_scale / 4)):
                         item = await job.inbox.get()
                 except TimeoutError:
                     item = None
