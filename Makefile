@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test setup servers lint bench clean
+.PHONY: demo test setup servers lint bench addon clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,19 @@ lint: setup
 	$(BIN)/mypy
 
 test: servers setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 
 bench: setup
 	$(BIN)/python bench/poll.py --write
 	$(BIN)/python bench/mqtt.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
+
+# The wheel the Home Assistant add-on's image installs (addon/Dockerfile); rebuild it for every release. A fixed
+# SOURCE_DATE_EPOCH makes the same sources give the same bytes, so the wheel only changes when the code does.
+addon: setup
+	rm -f addon/bitaxe_bridge-*.whl
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/pip wheel -q --no-deps -w addon .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

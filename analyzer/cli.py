@@ -165,15 +165,30 @@ def run(kw: dict[str, Any], miner: str | None, *, since: float | None = None, un
         gates = Gates(max_error_pct=kw["max_error"], min_hashrate_ratio=kw["min_hashrate"] / 100.0)
         result = analyze(store, miners, since=since, until=until, width=kw["bin_width"], policy=policy,
                          gates=gates, fetch=kw["fetch"], progress=_progress)
+        if not any(len(m.bins) for m in result.miners.values()):
+            raise Fail(_nothing_to_analyze(store, miner, miners, since, until))
     except StoreError as exc:
         raise Fail(str(exc)) from None
     finally:
         store.close()
-    if not any(len(m.bins) for m in result.miners.values()):
-        who = f'miner "{miner}"' if miner else "any miner"
-        raise Fail(f"no readings for {who} between {fmt_time(since)} and {fmt_time(until)} in {store.name}; "
-                   f"widen --since/--until")
     return result
+
+
+def _nothing_to_analyze(store: Store, miner: str | None, miners: list[str], since: float | None,
+                        until: float | None) -> str:
+    """Why a time range gave no readings: there are none in it, or every one is flagged implausible."""
+    between = f"between {fmt_time(since)} and {fmt_time(until)} in {store.name}"
+    flagged = {m: n for m in miners if (n := store.flagged(m, since, until))}
+    if flagged:
+        counts = " and ".join(f'{n} of miner "{m}"' for m, n in flagged.items())
+        total = sum(flagged.values())
+        return (f"{total} reading{'s' if total > 1 else ''} ({counts}) {between}, all flagged implausible "
+                "(a value outside its plausible range; the bridge logs which); flagged readings never enter an "
+                "analysis. Choose a range where the miner reported sane values")
+    who = f'miner "{miner}"' if miner else "any miner"
+    spans = [(m, span) for m in miners if (span := store.span(m)) is not None]
+    held = "; ".join(f'"{m}" has readings from {fmt_time(a)} to {fmt_time(b)}' for m, (a, b) in spans[:5])
+    return f"no readings for {who} {between}" + (f" ({held})" if held else "") + "; widen --since/--until"
 
 
 # ------------------------------------------------------------------------------------------ formatting
@@ -485,7 +500,8 @@ def _raw_records(kw: dict[str, Any], miner: str | None, tag: str | None, since: 
         if miner is not None and miner not in known:
             raise Fail(f'miner "{miner}" has no readings in {store.name}; known miners: {", ".join(known)}')
         records: list[dict[str, Any]] = []
-        for name in [miner] if miner else known:
+        names = [miner] if miner else known
+        for name in names:
             s = store.samples(name, since, until)
             for i in range(len(s)):
                 if tag is not None and s.config[i] != tag:
@@ -494,12 +510,15 @@ def _raw_records(kw: dict[str, Any], miner: str | None, tag: str | None, since: 
                                        "firmware": s.firmware[i]}
                 rec.update({k: (None if math.isnan(v[i]) else float(v[i])) for k, v in s.fields.items()})
                 records.append(rec)
+        if not records:
+            flagged = sum(store.flagged(name, since, until) for name in names)
+            raise Fail("no readings match the miner/config/session/time filters" + (
+                f"; {flagged} reading(s) in that time range are flagged implausible and left out" if flagged
+                else ""))
     except StoreError as exc:
         raise Fail(str(exc)) from None
     finally:
         store.close()
-    if not records:
-        raise Fail("no readings match the miner/config/session/time filters")
     return records
 
 

@@ -72,6 +72,20 @@ class Bins:
                     {k: v[idx] for k, v in self.counter_max.items()},
                     {k: v[idx] for k, v in self.counter_min.items()})
 
+    def joined(self, other: Bins) -> Bins:
+        """These bins and `other`'s (the same miner and width) in one sorted set."""
+
+        def cat(x: npt.NDArray[Any], y: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            return np.concatenate([x, y])
+
+        return Bins(self.miner, self.width, cat(self.start, other.start), cat(self.config, other.config),
+                    cat(self.firmware, other.firmware), cat(self.n, other.n),
+                    {k: cat(v, other.mean[k]) for k, v in self.mean.items()},
+                    cat(self.uptime_min, other.uptime_min), cat(self.uptime_max, other.uptime_max),
+                    cat(self.overheat, other.overheat),
+                    {k: cat(v, other.counter_max[k]) for k, v in self.counter_max.items()},
+                    {k: cat(v, other.counter_min[k]) for k, v in self.counter_min.items()}).sorted()
+
     def sorted(self) -> Bins:
         # Two bins share a start when the config changed inside it; uptime orders them (a restart
         # inside such a bin is rare and only costs one bin of warm-up).

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
-from analyzer.data import Bins, EventRow, Samples, empty_bins, samples_from_rows
+from analyzer.data import Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
+from bridge.store.sqlite import open_readonly
 
 AGG_MEANS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
 
@@ -35,6 +36,14 @@ class Store(Protocol):
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples: ...
 
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]: ...
+
+    def flagged(self, miner: str, since: float | None, until: float | None) -> int:
+        """Readings in the range flagged implausible: the ones bins() and samples() leave out."""
+        ...
+
+    def span(self, miner: str) -> tuple[float, float] | None:
+        """Time of the first and the last reading of the miner, None when it has none."""
+        ...
 
     def close(self) -> None: ...
 
@@ -63,12 +72,15 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = f"sqlite:{self.path}"
-        if not self.path.exists():
-            raise StoreError(f"SQLite store {self.path}: no such file; pass --source sqlite:PATH with the "
-                             f"bridge's sqlite.path, or run the bridge first")
         try:
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            # A percent-escaped file URI: a "#", "?" or "%" in the path is part of the name, never a
+            # URI fragment or parameter (that opened, and created, another file read-write).
+            self.db = open_readonly(self.path)
+            self.db.row_factory = None  # plain tuples: the column arrays are built by position
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(readings)")}
+        except FileNotFoundError:
+            raise StoreError(f"SQLite store {self.path}: no such file; pass --source sqlite:PATH with the "
+                             f"bridge's sqlite.path, or run the bridge first") from None
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: cannot open ({exc}); is it a bitaxe-bridge "
                              f"database?") from None
@@ -108,6 +120,18 @@ class SqliteStore:
 
     def miners(self) -> list[str]:
         return sorted(r[0] for r in self._query("SELECT DISTINCT miner FROM readings", []))
+
+    def flagged(self, miner: str, since: float | None, until: float | None) -> int:
+        if IMPLAUSIBLE not in self.columns:
+            return 0
+        clauses, args = self._time_range(miner, since, until)
+        rows = self._query(f"SELECT COUNT(*) FROM readings WHERE {' AND '.join(clauses)} AND "
+                           f"COALESCE({IMPLAUSIBLE}, 0) != 0", args)
+        return int(rows[0][0])
+
+    def span(self, miner: str) -> tuple[float, float] | None:
+        (first, last), = self._query("SELECT MIN(time), MAX(time) FROM readings WHERE miner = ?", [miner])
+        return None if first is None else (float(first), float(last))
 
     def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
         where, args = self._where(miner, since, until)
@@ -159,6 +183,7 @@ def _s(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Series:
+    statement: int  # which statement of a multi-statement query it answers
     tags: dict[str, str]
     columns: list[str]
     values: list[list[Any]]
@@ -224,11 +249,13 @@ class InfluxStore:
                     raise StoreError(f"InfluxDB {self.url}: {err}{hint}")
                 for s in result.get("series", []):
                     tags = s.get("tags") or {}
-                    key = (result.get("statement_id", 0), s.get("name", ""), *sorted(tags.items()))
+                    statement = int(result.get("statement_id", 0))
+                    key = (statement, s.get("name", ""), *sorted(tags.items()))
                     if key in merged:
                         merged[key].values.extend(s.get("values", []))
                     else:
-                        merged[key] = Series(dict(tags), list(s["columns"]), list(s.get("values", [])))
+                        merged[key] = Series(statement, dict(tags), list(s["columns"]),
+                                             list(s.get("values", [])))
         return list(merged.values())
 
     def miners(self) -> list[str]:
@@ -238,21 +265,39 @@ class InfluxStore:
             out.update(str(v[i]) for v in s.values)
         return sorted(out)
 
+    def span(self, miner: str) -> tuple[float, float] | None:
+        m = f"FROM {_q(self.measurement)} WHERE miner = {_s(miner)}"
+        # Every reading has one of the two: hashrate (older bridges always wrote it), or the flag (this
+        # bridge writes it always, and drops a hashrate that is out of range).
+        found = self.query("; ".join(f"SELECT {fn}({_q(k)}) {m}" for fn in ("FIRST", "LAST")
+                                     for k in ("hashrate", IMPLAUSIBLE)))
+        times = [float(s.values[0][0]) / 1000.0 for s in found if s.values]
+        return (min(times), max(times)) if times else None
+
     def _range(self, miner: str, since: float | None, until: float | None) -> tuple[float, float] | None:
         """Explicit bounds: GROUP BY time() without a lower bound would start at the epoch."""
         if since is None or until is None:
-            m = f"FROM {_q(self.measurement)} WHERE miner = {_s(miner)}"
-            found = self.query(f"SELECT FIRST(hashrate) {m}; SELECT LAST(hashrate) {m}")
-            if not found:
+            span = self.span(miner)
+            if span is None:
                 return None
-            times = [float(s.values[0][0]) / 1000.0 for s in found if s.values]
-            since = min(times) if since is None else since
-            until = max(times) + 1.0 if until is None else until
+            since = span[0] if since is None else since
+            until = span[1] + 1.0 if until is None else until
         return since, until
 
-    def _where(self, miner: str, since: float, until: float) -> str:
-        return (f"miner = {_s(miner)} AND time >= {math.floor(since * 1000)}ms AND time < "
-                f"{math.ceil(until * 1000)}ms AND {_q(IMPLAUSIBLE)} = 0")
+    @staticmethod
+    def _where(miner: str, since: float, until: float) -> str:
+        # No condition on "implausible" here: InfluxQL drops a point whose condition field is missing
+        # (older bridge versions, other tools), and a missing flag means plausible. Flagged points
+        # are taken out by bins() and samples() themselves.
+        return f"miner = {_s(miner)} AND time >= {math.floor(since * 1000)}ms AND time < {math.ceil(until * 1000)}ms"
+
+    def flagged(self, miner: str, since: float | None, until: float | None) -> int:
+        rng = self._range(miner, since, until)
+        if rng is None:
+            return 0
+        found = self.query(f"SELECT COUNT({_q(IMPLAUSIBLE)}) FROM {_q(self.measurement)} "
+                           f"WHERE {self._where(miner, *rng)} AND {_q(IMPLAUSIBLE)} != 0")
+        return sum(int(v[1] or 0) for s in found for v in s.values)
 
     def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
         rng = self._range(miner, since, until)
@@ -263,29 +308,52 @@ class InfluxStore:
         for c in COUNTERS:
             aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"]
         w = round(width * 1000)
-        q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {self._where(miner, *rng)} "
-             f"GROUP BY time({w}ms), config, firmware fill(none)")
+        where = self._where(miner, *rng)
+        q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {where} "
+             f"GROUP BY time({w}ms), config, firmware fill(none); "
+             f"SELECT COUNT({_q(IMPLAUSIBLE)}) FROM {_q(self.measurement)} WHERE {where} AND "
+             f"{_q(IMPLAUSIBLE)} != 0 GROUP BY time({w}ms) fill(none)")
         rows: list[tuple[Any, ...]] = []
+        tainted: set[float] = set()
         for s in self.query(q):
+            if s.statement == 1:  # bins that hold flagged readings
+                tainted.update(v[0] / 1000.0 for v in s.values)
+                continue
             cfg, fw = s.tags.get("config", ""), s.tags.get("firmware", "")
             for v in s.values:
                 rows.append((v[0] / 1000.0, cfg, fw, *v[1:]))
-        return _bins_from_columns(miner, width, rows)
+        bins = _bins_from_columns(miner, width, rows)
+        if not tainted:
+            return bins
+        # Flagged readings are rare: the bins that hold one are rebuilt from their raw points, without
+        # the flagged ones, exactly as the raw path bins them.
+        since, until = rng
+        spans = [(max(b, since), min(b + width, until)) for b in sorted(tainted)]
+        clean = bin_samples(samples_from_rows(miner, self._raw_rows(miner, spans)), width)
+        keep = bins.take(np.flatnonzero(~np.isin(bins.start, sorted(tainted))))
+        return keep.joined(clean)
+
+    def _raw_rows(self, miner: str, spans: list[tuple[float, float]]) -> list[tuple[Any, ...]]:
+        """(time, config, firmware, *RAW_FIELDS) of every reading in `spans` that is not flagged."""
+        cols = ("time", "config", "firmware", *RAW_FIELDS)
+        fields = ", ".join(_q(k) for k in (*RAW_FIELDS, IMPLAUSIBLE))
+        head = f"SELECT config, firmware, {fields} FROM {_q(self.measurement)} WHERE "
+        rows: list[tuple[Any, ...]] = []
+        for chunk in _chunks(_merged(spans), 200):  # bounded statements per request
+            q = "; ".join(head + self._where(miner, a, b) for a, b in chunk)
+            for s in self.query(q):
+                idx = [s.columns.index(c) if c in s.columns else None for c in cols]
+                flag = s.columns.index(IMPLAUSIBLE) if IMPLAUSIBLE in s.columns else None
+                for v in s.values:
+                    if flag is not None and v[flag]:
+                        continue
+                    row = tuple(None if i is None else v[i] for i in idx)
+                    rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
+        return rows
 
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples:
         rng = self._range(miner, since, until)
-        if rng is None:
-            return samples_from_rows(miner, [])
-        fields = ", ".join(_q(k) for k in RAW_FIELDS)
-        q = f"SELECT config, firmware, {fields} FROM {_q(self.measurement)} WHERE {self._where(miner, *rng)}"
-        rows: list[tuple[Any, ...]] = []
-        for s in self.query(q):
-            idx = [s.columns.index(c) if c in s.columns else None for c in ("time", "config", "firmware",
-                                                                              *RAW_FIELDS)]
-            for v in s.values:
-                row = tuple(None if i is None else v[i] for i in idx)
-                rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
-        return samples_from_rows(miner, rows)
+        return samples_from_rows(miner, [] if rng is None else self._raw_rows(miner, [rng]))
 
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         clauses = ["time >= 0"]
@@ -308,6 +376,22 @@ class InfluxStore:
 
     def close(self) -> None:
         pass
+
+
+def _merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted spans with touching or overlapping neighbours joined: fewer statements."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _chunks(items: list[tuple[float, float]], size: int) -> Iterator[list[tuple[float, float]]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 # --------------------------------------------------------------------------------------------- opening

@@ -10,7 +10,7 @@ import math
 import sqlite3
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +177,12 @@ def create_sqlite(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def _row_values(s: Samples) -> tuple[list[str], list[np.ndarray]]:
-    """Store field arrays of a sample history: what a Reading's store_fields() would hold."""
+def _row_values(s: Samples, flags: np.ndarray | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """Store field arrays of a sample history: what a Reading's store_fields() would hold.
+
+    `flags`: the `implausible` field per sample (1 flagged, 0 not, NaN not written, as by other tools);
+    all 0 when not given.
+    """
     h, p = s.fields["hashrate"], s.fields["power"]
     with np.errstate(divide="ignore", invalid="ignore"):
         jth = np.where((h > 0) & (p > 0), p / (h / 1000.0), np.nan)
@@ -186,7 +190,7 @@ def _row_values(s: Samples) -> tuple[list[str], list[np.ndarray]]:
         tot = s.fields["shares_accepted"] + s.fields["shares_rejected"]
         rej = np.where(tot > 0, 100.0 * s.fields["shares_rejected"] / np.maximum(tot, 1), np.nan)
     keys = [*RAW_FIELDS, "j_per_th", "gh_per_w", "reject_pct", "implausible"]
-    return keys, [*(s.fields[k] for k in RAW_FIELDS), jth, ghw, rej, np.zeros(len(s))]
+    return keys, [*(s.fields[k] for k in RAW_FIELDS), jth, ghw, rej, np.zeros(len(s)) if flags is None else flags]
 
 
 def _tags(s: Samples, i: int) -> dict[str, str]:
@@ -196,7 +200,9 @@ def _tags(s: Samples, i: int) -> dict[str, str]:
             "config": str(s.config[i])}
 
 
-def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterable[EventRow] = ()) -> None:
+def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterable[EventRow] = (),
+                 flags: Mapping[str, np.ndarray] | None = None) -> None:
+    """The histories (and their `implausible` flags per miner, see _row_values) into a new SQLite store."""
     db = create_sqlite(path)
     keys, _ = _row_values(Samples("", np.zeros(1), np.asarray(["1@1"], dtype=object),
                                   np.asarray([""], dtype=object), {k: np.zeros(1) for k in RAW_FIELDS}))
@@ -206,7 +212,7 @@ def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterabl
     sql = f"INSERT OR IGNORE INTO readings ({names}) VALUES ({', '.join('?' * len(cols))})"
     int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
     for s in histories:
-        _, arrays = _row_values(s)
+        _, arrays = _row_values(s, (flags or {}).get(s.miner))
         rows = []
         for i in range(len(s)):
             tags = _tags(s, i)
@@ -224,9 +230,9 @@ def _esc_tag(v: str) -> str:
     return v.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
-def influx_lines(s: Samples, measurement: str = "bitaxe") -> Iterable[str]:
+def influx_lines(s: Samples, measurement: str = "bitaxe", flags: np.ndarray | None = None) -> Iterable[str]:
     """Line protocol at ms precision, field types as SCHEMA.md says (int/bool -> integer fields)."""
-    keys, arrays = _row_values(s)
+    keys, arrays = _row_values(s, flags)
     int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
     tag_names = [name for name, _ in TAGS]
     for i in range(len(s)):
@@ -250,7 +256,7 @@ def event_lines(events: Iterable[EventRow], measurement: str = "bitaxe_event") -
 
 
 def write_influx(url: str, database: str, histories: Iterable[Samples], events: Iterable[EventRow] = (),
-                 batch: int = 20000) -> None:
+                 batch: int = 20000, flags: Mapping[str, np.ndarray] | None = None) -> None:
     """Create the database and POST line protocol to the 1.x /write endpoint."""
     body = urllib.parse.urlencode({"q": f'CREATE DATABASE "{database}"'}).encode()
     q = urllib.request.Request(f"{url}/query", data=body, method="POST")
@@ -265,7 +271,7 @@ def write_influx(url: str, database: str, histories: Iterable[Samples], events: 
 
     buf: list[str] = []
     for s in histories:
-        for line in influx_lines(s):
+        for line in influx_lines(s, flags=(flags or {}).get(s.miner)):
             buf.append(line)
             if len(buf) >= batch:
                 post(buf)

@@ -180,15 +180,21 @@ def _server_checks(cfg: BridgeConfig) -> list[tuple[str, Any]]:
     return checks
 
 
-@main.command(short_help="Exit 0 if the running bridge's heartbeat is fresh (Docker healthcheck).")
+@main.command(short_help="Exit 0 if the running bridge is alive and connected (Docker healthcheck).")
 @click.option("--config", "-c", "config_path", default="config.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="Config whose health_file to read.")
 @click.option("--max-age", default=None, type=float,
               help="Oldest acceptable heartbeat, seconds  [default: 3 × poll_interval + 10].")
 def health(config_path: str, max_age: float | None) -> None:
-    """Exit 0 if the running bridge wrote its heartbeat recently (Docker HEALTHCHECK)."""
+    """Exit 0 if the running bridge wrote its heartbeat recently and is connected (Docker HEALTHCHECK).
+
+    Also fails when MQTT has been down longer than health.max_mqtt_down, or the InfluxDB spool holds more
+    than the health.max_spool_* limits; every reason is printed.
+    """
     import json
     import time
+
+    from bridge.health import problems, summary
 
     cfg = _load(config_path)
     if cfg.health_file is None:
@@ -201,11 +207,11 @@ def health(config_path: str, max_age: float | None) -> None:
     if not isinstance(when, int | float):
         raise click.ClickException(f"{cfg.health_file} is not a bitaxe-bridge heartbeat (no numeric \"time\"); "
                                    "does health_file point at another file?")
-    age = time.time() - float(when)
-    limit = max_age if max_age is not None else 3 * cfg.poll_interval + 10
-    click.echo(f"heartbeat {age:.1f} s old; {status.get('online')}/{status.get('miners')} miners online")
-    if age > limit:
-        raise click.ClickException(f"heartbeat is {age:.0f} s old (limit {limit:.0f} s): the bridge is stuck or down")
+    now = time.time()
+    click.echo(summary(status, now))
+    found = problems(status, cfg, now, max_age if max_age is not None else 3 * cfg.poll_interval + 10)
+    if found:
+        raise click.ClickException("\n".join(found))
 
 
 @main.command(short_help="Run the bridge against a simulated fleet (no hardware needed).")

@@ -136,6 +136,17 @@ class HttpConfig(_Strict):
     max_backoff: float = Field(60, ge=0.1, le=3600)
 
 
+class HealthConfig(_Strict):
+    """When `bitaxe-bridge health` (the Docker healthcheck) fails besides a stale heartbeat; null: not checked."""
+
+    # A broker restart or a Wi-Fi hiccup is over in seconds (the bridge retries at most every 60 s).
+    max_mqtt_down: float | None = Field(300, gt=0, description="s MQTT may stay disconnected")
+    # InfluxDB down or too slow: the oldest point the spool holds for it waits longer and longer.
+    max_spool_age: float | None = Field(900, gt=0, description="s the oldest unsent point may wait")
+    max_spool_points: int | None = Field(None, gt=0, description="points waiting in the InfluxDB spool")
+    max_spool_mb: float | None = Field(None, gt=0, description="MB the InfluxDB spool may hold on disk")
+
+
 class BridgeConfig(_Strict):
     miners: list[MinerConfig] = Field(min_length=1)
     poll_interval: float = Field(5, ge=0.2, le=3600)
@@ -146,6 +157,7 @@ class BridgeConfig(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
+    health: HealthConfig = Field(default_factory=HealthConfig)
     tune_dir: Path | None = Field(Path("data/tune"), description="auto-tune state, one JSON file per miner (resume)")
 
     @field_validator("log_level", mode="before")

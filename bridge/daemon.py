@@ -20,27 +20,31 @@ from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
 from bridge.safety import Watchdog
 from bridge.sinks import Fanout, LogSink, Sink
-from bridge.store import STORE_QUEUE_SIZE, build_store_sinks
+from bridge.store import STORE_QUEUE_SIZE, InfluxSink, build_store_sinks
 from bridge.tune.service import TuneService
 
 log = logging.getLogger("bitaxe.bridge")
 
 
 class Bridge:
-    """The running bridge: one aiohttp session, the poller, the fan-out to sinks."""
+    """The running bridge: one aiohttp session, the poller, the fan-out to sinks, its own state report."""
 
     def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, log_readings: bool = False,
                  time_scale: float = 1.0) -> None:
         self.cfg = cfg
+        self.started = time.time()
         self.fanout = Fanout()
         self.poller = Poller(cfg, session, self.fanout.publish)
         reading_log = logging.getLogger("bitaxe.readings")
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
         self.fanout.add(LogSink(reading_log), maxsize=1000, drop_oldest=True)
+        self.influx: InfluxSink | None = None
         for sink in build_store_sinks(cfg):
             # Storage must not drop readings: a large queue, and the sinks spool/batch themselves.
             self.fanout.add(sink, maxsize=STORE_QUEUE_SIZE, drop_oldest=False)
+            if isinstance(sink, InfluxSink):
+                self.influx = sink
         # Every command (MQTT, the watchdog, sessions) goes through this one guard.
         self.guard = Guard(cfg, self.poller, self.fanout.publish)
         self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True)
@@ -59,47 +63,85 @@ class Bridge:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.fanout.run(), name="fanout")
             tg.create_task(self.poller.run(), name="poller")
-            if self.cfg.health_file is not None:
-                tg.create_task(self._heartbeat(self.cfg.health_file), name="heartbeat")
+            if self.cfg.health_file is not None or self.mqtt is not None:
+                tg.create_task(self._report(), name="report")
 
-    def health(self) -> dict[str, object]:
+    def state(self) -> dict[str, object]:
+        """The bridge's own state, like Telegraf's internal metrics: the heartbeat file `bitaxe-bridge health`
+        judges, and `<prefix>/bridge/state` for the bridge device's sensors in Home Assistant (docs/mqtt.md).
+
+        Flat keys (HA value templates stay simple); mqtt_* null without MQTT, spool_* null without InfluxDB.
+        """
+        now = time.time()
         states = self.poller.miners.values()
-        return {
-            "time": time.time(),
-            "miners": len(self.poller.miners),
-            "online": sum(1 for s in states if s.online),
-            "polls": sum(s.polls for s in states),
-            "poll_errors": sum(s.errors for s in states),
-            "sinks": {q.sink.name: {"queued": q.queue.qsize(), "dropped": q.dropped, "failed": q.failed}
-                      for q in self.fanout.queues},
+        sinks = {q.sink.name: {"queued": q.queue.qsize(), "dropped": q.dropped, "failed": q.failed}
+                 for q in self.fanout.queues}
+        doc: dict[str, object] = {
+            "time": now, "started": self.started, "uptime": round(now - self.started, 1),
+            "miners": len(self.poller.miners), "online": sum(1 for s in states if s.online),
+            "polls": sum(s.polls for s in states), "poll_errors": sum(s.errors for s in states),
+            "queued": sum(q.queue.qsize() for q in self.fanout.queues), "sinks": sinks,
+            "mqtt_connected": None, "mqtt_since": None, "mqtt_seconds": None, "mqtt_connections": None,
+            "mqtt_dropped": None, "spool_points": None, "spool_mb": None, "spool_oldest": None,
+            "spool_age": None, "spool_dropped": None,
         }
+        dropped = sum(q.dropped for q in self.fanout.queues)
+        if self.mqtt is not None:
+            m = self.mqtt.stats()
+            doc.update(mqtt_connected=m["connected"], mqtt_since=m["since"],
+                       mqtt_seconds=round(now - m["since"], 1), mqtt_connections=m["connections"],
+                       mqtt_dropped=m["dropped"])
+            dropped += m["dropped"]
+        if self.influx is not None:
+            b = self.influx.backlog()
+            doc.update(spool_points=b.points, spool_mb=round(b.bytes / 1e6, 3), spool_oldest=b.oldest,
+                       spool_age=None if b.oldest is None else round(max(0.0, now - b.oldest), 1),
+                       spool_dropped=b.dropped)
+            dropped += b.dropped
+        # Every item given up anywhere: sink queue overflows, MQTT while the broker was away, the spool's cap.
+        doc["dropped"] = dropped
+        return doc
 
-    async def _heartbeat(self, path: Path) -> None:
-        """Writes a small JSON status every poll interval; the Docker healthcheck reads its age."""
-        # Per-process temp name: two bridges started from the same directory share the default path.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    async def _report(self) -> None:
+        """Every poll interval: the heartbeat file and the retained `<prefix>/bridge/state`."""
+        path = self.cfg.health_file
         failing = False
         while True:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(json.dumps(self.health()))
-                tmp.replace(path)  # atomic: the health check never reads a half-written file
-                if failing:
-                    log.info("health file %s written again", path)
-                failing = False
-            except OSError as exc:
-                # A heartbeat that cannot be written must not stop polling; the health check will
-                # report the bridge as down, which is the truth as far as it can tell.
-                if not failing:
-                    log.error("cannot write the health file %s (%s); polling goes on. Fix health_file in "
-                              "the config (or set it to null)", path, exc)
-                failing = True
+            state = self.state()
+            if path is not None:
+                failing = _write_heartbeat(path, state, failing)
+            if self.mqtt is not None:
+                # Bounded: a stalled broker must not hold up the next heartbeat.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.cfg.poll_interval):
+                        await self.mqtt.publish_bridge_state(state)
             await asyncio.sleep(self.cfg.poll_interval)
 
 
+def _write_heartbeat(path: Path, state: dict[str, object], failing: bool) -> bool:
+    """Write the heartbeat atomically; returns whether it failed (logged once per run of failures)."""
+    # Per-process temp name: two bridges started from the same directory share the default path.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)  # atomic: the health check never reads a half-written file
+    except OSError as exc:
+        # A heartbeat that cannot be written must not stop polling; the health check will report the
+        # bridge as down, which is the truth as far as it can tell.
+        if not failing:
+            log.error("cannot write the health file %s (%s); polling goes on. Fix health_file in the config "
+                      "(or set it to null)", path, exc)
+        return True
+    if failing:
+        log.info("health file %s written again", path)
+    return False
+
+
 def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
-    # Keep-alive with at most 2 sockets per miner: ESP-Miner's httpd has few socket slots (LRU purge),
-    # and the web UI needs some of them.
+    # Keep-alive with at most 2 sockets per miner: ESP-Miner's httpd has 7-20 socket slots (LRU purge only
+    # from v2.10; older firmware stops accepting when full, docs/firmware.md), and the web UI needs some.
+    # One kept-alive socket carries the polls; the second lets a command skip a slow poll.
     connector = aiohttp.TCPConnector(limit=512, limit_per_host=2,
                                      keepalive_timeout=max(15.0, 2 * cfg.poll_interval))
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": "bitaxe-bridge"},

@@ -35,6 +35,10 @@ class Topics:
         return f"{self.prefix}/bridge/availability"
 
     @property
+    def bridge_state(self) -> str:
+        return f"{self.prefix}/bridge/state"
+
+    @property
     def ha_status(self) -> str:
         return f"{self.discovery_prefix}/status"
 
@@ -266,24 +270,69 @@ def miner_discovery(ident: MinerIdentity, topics: Topics) -> dict[str, Payload]:
     return out
 
 
-def bridge_discovery(topics: Topics, sw_version: str = ORIGIN["sw_version"]) -> dict[str, Payload]:
-    """The bridge's own device (the miners' via_device) with one connectivity sensor."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeSensor:
+    """A diagnostic sensor of the bridge device; `key` is a key of `<prefix>/bridge/state` (Bridge.state())."""
+
+    key: str
+    name: str
+    unit: str | None = None
+    device_class: str | None = None
+    state_class: str | None = "measurement"
+    icon: str | None = None
+    precision: int | None = None
+
+
+# The bridge's own health in Home Assistant, like Telegraf's internal metrics (docs/mqtt.md). Whether
+# MQTT is connected is the "Connected" binary sensor on the availability topic (its last will).
+BRIDGE_SENSORS: tuple[BridgeSensor, ...] = (
+    BridgeSensor(key="online", name="Miners online", icon="mdi:pickaxe"),
+    BridgeSensor(key="polls", name="Polls", state_class="total_increasing", icon="mdi:counter"),
+    BridgeSensor(key="poll_errors", name="Poll failures", state_class="total_increasing",
+                 icon="mdi:alert-circle-outline"),
+    BridgeSensor(key="queued", name="Queued items", icon="mdi:tray-full"),
+    BridgeSensor(key="dropped", name="Items dropped", state_class="total_increasing", icon="mdi:delete-alert"),
+    BridgeSensor(key="mqtt_connections", name="MQTT connections", state_class="total_increasing",
+                 icon="mdi:lan-connect"),
+    BridgeSensor(key="mqtt_seconds", name="MQTT connected for", unit="s", device_class="duration", precision=0),
+    BridgeSensor(key="spool_points", name="Spool backlog", unit="points", icon="mdi:database-clock"),
+    BridgeSensor(key="spool_mb", name="Spool size", unit="MB", device_class="data_size", precision=1),
+    BridgeSensor(key="spool_age", name="Oldest unsent point", unit="s", device_class="duration", precision=0),
+    BridgeSensor(key="uptime", name="Uptime", unit="s", device_class="duration", state_class="total_increasing",
+                 precision=0),
+)
+
+
+def _bridge_entity(topics: Topics, component: str, key: str, name: str, sw_version: str) -> Payload:
     bid = bridge_id(topics)
-    payload: Payload = {
-        "name": "Connected",
-        "unique_id": f"{bid}_connected",
-        "default_entity_id": f"binary_sensor.{bid}_connected",
+    return {
+        "name": name,
+        "unique_id": f"{bid}_{key}",
+        "default_entity_id": f"{component}.{bid}_{key}",
         "device": {"identifiers": [bid], "name": "Bitaxe bridge", "manufacturer": "bitaxe-bridge",
                    "model": "bitaxe-bridge", "sw_version": sw_version},
         "origin": ORIGIN,
-        "state_topic": topics.bridge_availability,
-        "payload_on": "online",
-        "payload_off": "offline",
-        "device_class": "connectivity",
         "entity_category": "diagnostic",
         "enabled_by_default": True,
     }
-    return {topics.discovery("binary_sensor", bid, "connected"): payload}
+
+
+def bridge_discovery(topics: Topics, sw_version: str = ORIGIN["sw_version"]) -> dict[str, Payload]:
+    """The bridge's own device (the miners' via_device): a connectivity sensor and BRIDGE_SENSORS."""
+    bid = bridge_id(topics)
+    connected = _bridge_entity(topics, "binary_sensor", "connected", "Connected", sw_version)
+    connected.update(state_topic=topics.bridge_availability, payload_on="online", payload_off="offline",
+                     device_class="connectivity")
+    out = {topics.discovery("binary_sensor", bid, "connected"): connected}
+    for b in BRIDGE_SENSORS:
+        p = _bridge_entity(topics, "sensor", b.key, b.name, sw_version)
+        # A null (no InfluxDB, no MQTT section) renders "None": HA's MQTT sensor shows it as unknown.
+        p.update(state_topic=topics.bridge_state, value_template=f"{{{{ value_json.{b.key} }}}}",
+                 availability=[{"topic": topics.bridge_availability}])
+        _put(p, unit_of_measurement=b.unit, device_class=b.device_class, state_class=b.state_class, icon=b.icon,
+             suggested_display_precision=b.precision)
+        out[topics.discovery("sensor", bid, b.key)] = p
+    return out
 
 
 def owner_of(payload: Payload, topics: Topics) -> str | None:

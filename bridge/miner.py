@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,6 +19,25 @@ from bridge.reading import BoardInfo, Reading
 __all__ = ["MinerClient", "MinerDataError", "MinerError", "MinerHTTPError", "MinerUnreachable"]
 
 
+@dataclass
+class _Answer:
+    """How far one answer got, for an error that says where it broke."""
+
+    status: int | None = None  # set once the status line and headers arrived
+    length: int | None = None  # Content-Length; None when chunked
+    received: int = 0  # body bytes so far
+
+    @property
+    def progress(self) -> str:
+        if self.length is None:
+            return f"{self.received} bytes of a chunked answer"
+        return f"{self.received} of {self.length} bytes of the answer"
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class MinerClient:
     """One miner. Shares the bridge's aiohttp session; every request has a timeout and a body size cap."""
 
@@ -26,7 +47,7 @@ class MinerClient:
         self.host = cfg.host
         self.session = session
         self.base = cfg.base_url
-        self.timeout = aiohttp.ClientTimeout(total=http.timeout)
+        self.timeout = http.timeout  # s for a whole request: connect, answer and the last byte of the body
         self.max_body = http.max_body_kb * 1024
         # Basic auth is being added to the firmware (open PRs): send it when configured.
         self.headers: dict[str, str] = {}
@@ -42,28 +63,67 @@ class MinerClient:
         return cls(self.name, self.host, problem)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        url = self.base + path
-        try:
-            async with self.session.request(method, url, json=body, timeout=self.timeout, headers=self.headers,
-                                            allow_redirects=False) as resp:
-                length = resp.content_length
-                if length is not None and length > self.max_body:
-                    raise MinerDataError(self.name, self.host, path,
-                                         f"response is {length} bytes, over the {self.max_body} byte cap; "
-                                         "is this really a Bitaxe?")
-                data = await resp.content.read(self.max_body + 1)
+        """One request, its whole answer under the size cap, everything within http.timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        # A GET is retried once when the connection closes before any answer: the miner closed the
+        # kept-alive connection (ESP-Miner >= 2.10 purges its least recently used socket) as the request
+        # went out. The miner is fine, so this is not a failure. aiohttp >= 3.10 makes one such retry
+        # itself; this one also covers older versions and a second stale pooled connection.
+        retries = 1 if method == "GET" else 0
+        while True:
+            answer = _Answer()
+            try:
+                return await self._exchange(method, path, body, deadline - loop.time(), answer)
+            except TimeoutError:
+                got = (f" with {answer.progress} received; the miner answers too slowly (weak Wi-Fi?), raise "
+                       "http.timeout if this persists"
+                       if answer.status is not None else
+                       " before any answer; check that the miner is powered and on the network")
+                raise self._err(MinerUnreachable, f"{method} {path} timed out after {self.timeout:g} s{got}") from None
+            except aiohttp.ClientConnectorError as exc:
+                raise self._err(MinerUnreachable, f"cannot connect ({exc.os_error.strerror or exc}); check host "
+                                "and port in the config") from None
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                    ConnectionError) as exc:
+                if answer.status is not None:
+                    raise self._err(MinerUnreachable, f"{method} {path}: the connection broke after {answer.progress} "
+                                    f"({_reason(exc)}); retried at the next poll; if this repeats, check the miner's "
+                                    "Wi-Fi signal") from None
+                if retries:
+                    retries -= 1
+                    continue
+                raise self._err(MinerUnreachable, f"{method} {path}: the miner closed the connection without "
+                                f"answering ({_reason(exc)}); it may be restarting, or all its HTTP sockets are taken "
+                                "(close AxeOS tabs and other pollers)") from None
+            except aiohttp.ClientError as exc:
+                raise self._err(MinerUnreachable, f"{method} {path} failed: {_reason(exc)}") from None
+
+    async def _exchange(self, method: str, path: str, body: dict[str, Any] | None, budget: float,
+                        answer: _Answer) -> tuple[int, bytes]:
+        if budget <= 0:
+            raise TimeoutError
+        async with self.session.request(method, self.base + path, json=body, headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=budget),
+                                        allow_redirects=False) as resp:
+            answer.status = resp.status
+            answer.length = resp.content_length
+            if answer.length is not None and answer.length > self.max_body:
+                # Refused before reading: the connection is closed, not drained.
+                raise MinerDataError(self.name, self.host, path,
+                                     f"response is {answer.length} bytes, over the {self.max_body} byte cap; "
+                                     "is this really a Bitaxe? (http.max_body_kb raises the cap)")
+            # read(n) would return whatever has arrived; an ESP32 on Wi-Fi sends its answers in pieces.
+            data = bytearray()
+            async for piece in resp.content.iter_any():
+                data += piece
+                answer.received = len(data)
                 if len(data) > self.max_body:
                     raise MinerDataError(self.name, self.host, path,
-                                         f"response is over the {self.max_body} byte cap; is this really a Bitaxe?")
-                return resp.status, data
-        except TimeoutError:
-            raise self._err(MinerUnreachable, f"{method} {path} timed out after {self.timeout.total:g} s; "
-                            "check that the miner is powered and on the network") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise self._err(MinerUnreachable, f"cannot connect ({exc.os_error.strerror or exc}); check host "
-                            "and port in the config") from None
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise self._err(MinerUnreachable, f"{method} {path} failed: {type(exc).__name__}: {exc}") from None
+                                         f"response is over the {self.max_body} byte cap (stopped reading after "
+                                         f"{len(data)} bytes); is this really a Bitaxe? (http.max_body_kb raises "
+                                         "the cap)")
+            return resp.status, bytes(data)
 
     def _check_status(self, status: int, path: str, body: bytes) -> None:
         if 200 <= status < 300:

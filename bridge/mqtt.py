@@ -129,6 +129,7 @@ class MqttBridge:
         self.discovered: dict[str, set[str]] = {}  # discovery topics on the broker, per miner
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
+        self.since = time.time()  # when the connection last came up or went down (down from the start)
         self.connections = 0  # completed connects, for logs and tests
         self.dropped = 0  # readings not published because the broker was away
         self.removed: set[str] = set()  # miners whose entities were removed at the last connect
@@ -217,6 +218,7 @@ class MqttBridge:
                         # messages until the broker goes away.
                         raise_if_cancelling()
                         self.connected.set()
+                        self.since = time.time()
                         self.connections += 1
                         backoff = 1.0
                         log.info("mqtt: connected to %s (prefix %s)", where, self.mqtt.prefix)
@@ -229,6 +231,8 @@ class MqttBridge:
                                                  retain=True, timeout=2)
                         raise
                     finally:
+                        if self.connected.is_set():
+                            self.since = time.time()
                         self.client = None
                         self.connected.clear()
             except (aiomqtt.MqttError, MqttSetupError) as exc:
@@ -372,6 +376,10 @@ class MqttBridge:
         except Exception:
             log.exception("mqtt: command for %s on setting %s failed", miner, setting)
 
+    async def publish_bridge_state(self, state: dict[str, Any]) -> None:
+        """The bridge's own state document (retained), read by the bridge device's diagnostic sensors."""
+        await self._publish(self.topics.bridge_state, _dumps(state), retain=True)
+
     def stats(self) -> dict[str, Any]:
-        return {"connected": self.client is not None, "connections": self.connections,
+        return {"connected": self.client is not None, "since": self.since, "connections": self.connections,
                 "dropped": self.dropped, "time": time.time()}

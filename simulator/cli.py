@@ -11,7 +11,7 @@ import click
 
 from bridge import __version__
 from bridge.boards import BOARDS
-from simulator.faults import parse_fault
+from simulator.faults import FaultKind, parse_fault
 from simulator.firmware import VERSIONS, resolve_version
 from simulator.server import Fleet, SimMinerSpec, board_for
 
@@ -93,9 +93,9 @@ async def serve(specs: list[SimMinerSpec], host: str, base_port: int, time_scale
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (noise, silicon, MACs).")
 @click.option("--ambient", default=25.0, show_default=True, type=float, help="Ambient temperature °C.")
 @click.option("--fault", "faults", multiple=True, metavar="I:KIND[:k=v,...]",
-              help="Inject a fault into miner I, repeatable: timeout, http500, malformed, truncated, "
-                   "flapping, offline, not_hashing, empty_mac, default_hostname, spike, flatline; e.g. "
-                   "--fault 2:flapping:up=30,down=10 --fault 0:spike:probability=0.1")
+              help=f"Inject a fault into miner I, repeatable: {', '.join(k.value for k in FaultKind)}; e.g. "
+                   "--fault 2:flapping:up=30,down=10 --fault 0:split:pieces=4,gap=0.05,chunked=1 "
+                   "(docs/simulator.md lists the parameters)")
 def main(miners: int, base_port: int, host: str, board: str | None, asic: str | None, firmware: str,
          mixed: bool, time_scale: float, seed: int, ambient: float, faults: tuple[str, ...]) -> None:
     """Serve simulated Bitaxe miners speaking the real ESP-Miner (AxeOS) HTTP API.

@@ -22,6 +22,13 @@ class FaultKind(enum.StrEnum):
     DEFAULT_HOSTNAME = "default_hostname"  # hostname "bitaxe", like many factory-fresh miners
     SPIKE = "spike"  # absurd hashrate for one reading (hundreds of TH/s)
     FLATLINE = "flatline"  # the same /info document over and over (frozen firmware task)
+    # Network faults, served by simulator/network.py below aiohttp's normal response path.
+    SPLIT = "split"  # the body arrives in pieces, apart in time (an ESP32 on Wi-Fi)
+    SLOW_START = "slow_start"  # the status line comes late (a busy httpd task)
+    RESET = "reset"  # the connection is reset (RST) part-way through the body
+    KEEPALIVE_CLOSE = "keepalive_close"  # the miner closes kept-alive connections between requests
+    SOCKETS = "sockets"  # the ESP-IDF httpd's few sockets: LRU purge, or a short backlog then resets
+    OVERSIZE = "oversize"  # JSON answers padded with whitespace to `size` bytes
 
 
 class Action(enum.Enum):
@@ -35,6 +42,18 @@ class Action(enum.Enum):
     DROP = "drop"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Wire:
+    """How one answer goes on the wire under network faults (simulator/network.py sends it)."""
+
+    chunked: bool = False  # Transfer-Encoding chunked instead of Content-Length
+    delay: float = 0.0  # wall seconds before the status line
+    body_delay: float = 0.0  # wall seconds between the headers and the body
+    gaps: tuple[float, ...] = ()  # wall seconds between body pieces; the body is cut in len(gaps) + 1
+    reset_at: float | None = None  # fraction of the body sent before the connection is reset
+    size: int = 0  # pad a JSON body with whitespace to this many bytes
+
+
 @dataclass(frozen=True)
 class Fault:
     """One injected fault and its parameters (times in simulated seconds, except hang: wall seconds)."""
@@ -45,6 +64,18 @@ class Fault:
     up: float = 60.0  # flapping: seconds up …
     down: float = 20.0  # … then seconds down
     spike: float = 350_000.0  # spike: the absurd hashRate, GH/s
+    # network faults (wall seconds)
+    pieces: float = 4  # split: how many pieces the body arrives in
+    gap: float = 0.05  # split: seconds between pieces (each drawn from gap/2 … 3·gap/2)
+    chunked: float = 0  # split/reset/oversize: 1 = Transfer-Encoding chunked, 0 = Content-Length
+    delay: float = 1.0  # slow_start: seconds before the status line
+    body_delay: float = 0.0  # slow_start: seconds between the headers and the body
+    at: float = 0.5  # reset: fraction of the body sent before the reset
+    idle: float = 0.0  # keepalive_close: seconds after an answer; 0 = as the next request arrives
+    limit: float = 0  # sockets: open connections; 0 = the firmware's own (with its LRU setting)
+    lru: float = 0  # sockets: 1 = purge the least recently used connection, 0 = backlog then reset
+    backlog: float = 5  # sockets without LRU: connections that wait for a free socket
+    size: float = 1_048_576  # oversize: body bytes
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,7 +117,24 @@ def parse_fault(text: str | dict[str, Any] | Fault) -> Fault:
         if not (0 <= v <= 1 if key == "probability" else v >= 0):
             limit = "between 0 and 1" if key == "probability" else "0 or more (seconds, or GH/s for spike)"
             raise ValueError(f'fault "{kind}": {key}={v:g} must be {limit}')
+    _check_network(kind, values)
     return Fault(kind, **values)
+
+
+_FLAGS = ("chunked", "lru")
+_COUNTS = ("pieces", "limit", "backlog", "size")
+
+
+def _check_network(kind: FaultKind, values: dict[str, float]) -> None:
+    for key, v in values.items():
+        if key in _FLAGS and v not in (0, 1):
+            raise ValueError(f'fault "{kind}": {key}={v:g} must be 0 or 1')
+        if key in _COUNTS and v != int(v):
+            raise ValueError(f'fault "{kind}": {key}={v:g} must be a whole number')
+        if key == "pieces" and v < 1:
+            raise ValueError(f'fault "{kind}": pieces={v:g} must be 1 or more')
+        if key == "at" and v > 1:
+            raise ValueError(f'fault "{kind}": at={v:g} is a fraction of the body, between 0 and 1')
 
 
 class FaultSet:
@@ -156,6 +204,25 @@ class FaultSet:
             if f := self._hit(FaultKind.TRUNCATED):
                 return Action.TRUNCATED, f
         return Action.SERVE, None
+
+    def wire(self, json_body: bool) -> Wire | None:
+        """How this answer goes on the wire; None: aiohttp's normal path (the answer in one piece)."""
+        split = self._hit(FaultKind.SPLIT)
+        slow = self._hit(FaultKind.SLOW_START)
+        reset = self._hit(FaultKind.RESET)
+        over = self._hit(FaultKind.OVERSIZE) if json_body else None
+        if not (split or slow or reset or over):
+            return None
+        gaps = tuple(self._rng.uniform(split.gap / 2, split.gap * 1.5) for _ in range(int(split.pieces) - 1)) \
+            if split else ()
+        return Wire(chunked=any(f.chunked for f in (split, reset, over) if f), delay=slow.delay if slow else 0.0,
+                    body_delay=slow.body_delay if slow else 0.0, gaps=gaps, reset_at=reset.at if reset else None,
+                    size=int(over.size) if over else 0)
+
+    def closes_on_reuse(self) -> bool:
+        """keepalive_close with idle=0: a request on a kept-alive connection meets the miner's close."""
+        f = self._faults.get(FaultKind.KEEPALIVE_CLOSE)
+        return f is not None and f.idle == 0 and self._hit(FaultKind.KEEPALIVE_CLOSE) is not None
 
     def apply_info(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Identity and reading faults on a /api/system/info document."""

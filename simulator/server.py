@@ -21,6 +21,7 @@ from aiohttp import web
 from bridge.boards import BOARDS, BoardSpec
 from simulator import firmware as fw
 from simulator.faults import Action, Fault, FaultKind, FaultSet, malformed, parse_fault, truncated
+from simulator.network import Connections, send
 from simulator.physics import MinerModel, Truth
 
 log = logging.getLogger("bitaxe-sim")
@@ -85,6 +86,7 @@ class SimMiner:
         self.settings = fw.default_settings(self.board, self.name)
         self.settings["minFanSpeed"] = round(self.model.min_fan * 100)
         self.faults = FaultSet(seed=seed)
+        self.connections = Connections(self.faults, self.firmware)
         self.requests: collections.deque[tuple[str, str, Any]] = collections.deque(maxlen=REQUEST_LOG_MAX)
         self.request_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.identify_count = 0
@@ -245,7 +247,7 @@ class Fleet:
         self.miners = [SimMiner(s, i, seed, self.clock, host) for i, s in enumerate(self.specs)]
         self._by_port: dict[int, SimMiner] = {}
         self._runner: web.AppRunner | None = None
-        self._sites: dict[int, web.SockSite] = {}
+        self._servers: dict[int, asyncio.Server] = {}
 
     @property
     def urls(self) -> list[str]:
@@ -292,8 +294,11 @@ class Fleet:
             sock.bind((self.host, port))
             sock.listen(128)
             sock.setblocking(False)
-            site = web.SockSite(self._runner, sock)
-            await site.start()
+            # Not a web.SockSite: each connection passes the miner's httpd (socket limit, backlog) first.
+            server = self._runner.server
+            assert server is not None
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: m.connections.protocol(server()), sock=sock)
         except OSError as exc:
             sock.close()
             fix = ("use an address of this machine as --host, e.g. 127.0.0.1"
@@ -302,7 +307,7 @@ class Fleet:
                           f"{self.host}:{port}: {exc.strerror}; {fix}") from None
         m.port = sock.getsockname()[1]
         self._by_port[m.port] = m
-        self._sites[m.index] = site
+        self._servers[m.index] = listener
 
     async def power_off(self, index: int) -> None:
         """Unplug miner `index`: its port refuses connections (open ones are dropped) until power_on()."""
@@ -310,9 +315,9 @@ class Fleet:
         m.sync()
         m.powered = False
         m.model.power_off = True  # no hashing, cools down; power_on() boots it fresh
-        site = self._sites.pop(index, None)
-        if site is not None:
-            await site.stop()
+        listener = self._servers.pop(index, None)
+        if listener is not None:
+            listener.close()
 
     async def power_on(self, index: int) -> None:
         """Plug it back in: same port, a fresh boot (uptime 0, counters reset)."""
@@ -324,16 +329,36 @@ class Fleet:
         await self._listen(m, m.port)
 
     async def close(self) -> None:
+        for listener in self._servers.values():
+            listener.close()
+        self._servers.clear()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the open connections
             self._runner = None
-        self._sites.clear()
 
     def miner_for(self, request: web.Request) -> SimMiner | None:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         return self._by_port.get(sockname[1]) if sockname else None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """Every request: through the miner's httpd (keep-alive closes) and onto the wire (network faults)."""
+        miner = self.miner_for(request)
+        conn = miner.connections.find(request.protocol) if miner is not None else None
+        if miner is None or conn is None or request.path.startswith("/sim/"):
+            return await self._answer(request, reused=False)
+        reused = conn.served > 0
+        conn.started()
+        try:
+            response = await self._answer(request, reused)
+            wire = miner.faults.wire(response.content_type == "application/json")
+            if wire is None or not isinstance(response, web.Response):
+                return response
+            return await send(request, response, wire, miner.connections.sent)
+        finally:
+            miner.connections.answered(conn)
+
+    async def _answer(self, request: web.Request, reused: bool) -> web.StreamResponse:
+        """The firmware's answer, with the request-level faults (drop, hang, 500, bad JSON)."""
         miner = self.miner_for(request)
         if miner is None:
             raise web.HTTPNotFound()
@@ -349,6 +374,8 @@ class Fleet:
                 body = raw.decode("utf-8", "replace")
         miner.requests.append((request.method, path, body))
         miner.request_counts[(request.method, path)] += 1
+        if reused and miner.faults.closes_on_reuse():
+            return _drop(request)  # the miner's close of the kept-alive connection crossed this request
         if not _allowed(request.remote):
             return web.Response(status=401, text="Unauthorized")
         if miner.is_down():

@@ -43,3 +43,9 @@ def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
     server.start()
     yield server
     server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long runs (`@pytest.mark.slow`, minutes of mostly waiting) first, so that under pytest-xdist they
+    overlap the many short tests instead of starting last and stretching the wall time."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -32,7 +33,7 @@ from bridge.cancel import raise_if_cancelling
 from bridge.config import InfluxConfig
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
-from bridge.store.spool import Spool
+from bridge.store.spool import Cursor, Spool
 
 log = logging.getLogger("bitaxe.store.influx")
 
@@ -42,6 +43,24 @@ LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
 # The last flush at shutdown is a courtesy: the spool keeps what it cannot send. Bounded well below
 # Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
 FINAL_FLUSH_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backlog:
+    """What the spool holds that InfluxDB has not confirmed yet (the health check, self-telemetry)."""
+
+    points: int
+    bytes: int  # the spool's size on disk
+    oldest: float | None  # unix time of the oldest of those points; None when there is none
+    dropped: int  # points dropped at influxdb.spool_max_mb since the bridge started
+
+
+def _line_time(line: bytes) -> float | None:
+    """The timestamp of a line written at ms precision (the last field of the line)."""
+    try:
+        return int(line.rsplit(b" ", 1)[1]) / 1000.0
+    except (IndexError, ValueError):
+        return None
 
 
 class WriteError(Exception):
@@ -235,6 +254,7 @@ class InfluxSink:
         self._last_loud = 0.0
         self._down_since: float | None = None
         self._opened = False
+        self._oldest: tuple[Cursor, float | None] | None = None  # (ack cursor, its point's time)
 
     # -- Sink protocol ----------------------------------------------------------------------
 
@@ -294,6 +314,17 @@ class InfluxSink:
     def stats(self) -> dict[str, int]:
         return {"pending": self.spool.pending, "written": self.written, "rejected": self.rejected,
                 "dropped": self.spool.dropped}
+
+    def backlog(self) -> Backlog:
+        oldest = None
+        if self.spool.pending:
+            # One record read from disk, only when the ack cursor moved since the last call.
+            cursor = self.spool.ack_cursor
+            if self._oldest is None or self._oldest[0] != cursor:
+                first = self.spool.read(1).records
+                self._oldest = (cursor, _line_time(first[0]) if first else None)
+            oldest = self._oldest[1]
+        return Backlog(points=self.spool.pending, bytes=self.spool.size, oldest=oldest, dropped=self.spool.dropped)
 
     async def sync(self) -> None:
         fd = self.spool.sync_fd()

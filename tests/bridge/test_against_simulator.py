@@ -28,7 +28,8 @@ def cfg_for(fleet: Fleet, **extra: Any) -> Any:
 async def test_every_board_and_firmware_version_reads() -> None:
     specs = [SimMinerSpec(board=b, firmware=v) for b in BOARDS for v in VERSIONS]
     async with Fleet(specs) as fleet:
-        cfg = cfg_for(fleet)
+        # 32 first reads at once (each also fetches /asic): a loaded CI machine needs more than 0.5 s.
+        cfg = cfg_for(fleet, http={"timeout": 10})
         async with make_session(cfg) as s:
             readings = await asyncio.gather(*(MinerClient(m, s, cfg.http).read() for m in cfg.miners))
     for spec, r in zip(specs, readings, strict=True):

@@ -18,6 +18,7 @@ from bridge.poller import Poller, backoff_delay
 from bridge.reading import Event, Reading
 from tests.support.fixture_miner import FixtureMiner
 from tests.support.servers import free_port
+from tests.support.waits import wait_until
 
 FIX = Path(__file__).parent.parent / "fixtures" / "firmware"
 
@@ -102,14 +103,6 @@ class Collector:
 
     def readings(self, miner: str | None = None) -> list[Reading]:
         return [i for i in self.items if isinstance(i, Reading) and (miner is None or i.miner == miner)]
-
-
-async def wait_until(pred: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_dead_miner_never_delays_the_others_and_goes_offline_then_recovers(gamma: FixtureMiner) -> None:

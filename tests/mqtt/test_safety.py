@@ -64,3 +64,37 @@ async def test_at_stock_already_only_locks_out() -> None:
     assert "garage-1" in guard.lockouts
     await dog.check(reading(asic_temp=62.0))
     assert "garage-1" not in guard.lockouts
+
+
+async def test_one_implausible_reading_is_never_acted_on_a_run_is() -> None:
+    spike = reading(frequency=625.0, core_voltage=1250, power=1e308, warnings=("power 1e+308 W is implausible",))
+    dog, guard, poller, published = watchdog(spike)
+    await dog.check(spike)
+    assert poller.requests() == [] and "garage-1" not in guard.lockouts and safety_events(published) == []
+    await dog.check(reading(frequency=625.0, core_voltage=1250))  # a sane reading ends the run
+    await dog.check(spike)
+    await dog.check(spike)
+    assert poller.requests() == [] and "garage-1" not in guard.lockouts
+    await dog.check(spike)  # the third breaching reading in a row
+    assert poller.requests() == [("PATCH", "/api/system", {"frequency": 525, "coreVoltage": 1150})]
+    assert "garage-1" in guard.lockouts
+    assert safety_events(published)[-1].data["breaches"] == ["power"]
+
+
+async def test_a_plausible_breach_acts_at_once_and_an_implausible_reading_never_releases() -> None:
+    hot = reading(asic_temp=70.0)
+    dog, guard, _poller, published = watchdog(hot)
+    await dog.check(hot)
+    assert "garage-1" in guard.lockouts
+    # The hot value dropped as out of range: no breach visible, but no evidence of a cool miner either.
+    await dog.check(reading(asic_temp=None, warnings=("chip temperature 900 °C is implausible",)))
+    assert "garage-1" in guard.lockouts
+    await dog.check(reading(asic_temp=60.0))
+    assert "garage-1" not in guard.lockouts
+    assert [e.data["action"] for e in safety_events(published)] == ["lockout", "release"]
+
+
+def test_step_down_sets_an_unknown_clock_to_stock() -> None:
+    cmd = step_down(reading(frequency=None, core_voltage=1100))  # dropped as out of range
+    assert cmd is not None and cmd.settings() == {"frequency": 525.0}
+    assert breaches(reading(power=None), parse_config({"miners": [{"name": "a", "host": "h"}]}).safety) == []

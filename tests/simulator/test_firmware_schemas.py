@@ -84,6 +84,22 @@ async def test_info_and_asic_validate_against_the_spec(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", fw.VERSIONS)
+@pytest.mark.parametrize("faults", [("split:pieces=4,gap=0.01",),
+                                    ("split:pieces=3,gap=0.01,chunked=1", "oversize:size=20000")])
+async def test_documents_sent_in_pieces_or_padded_still_validate(version: str, faults: tuple[str, ...]) -> None:
+    async with Fleet([SimMinerSpec(board="Gamma", firmware=version, faults=faults)]) as fleet, \
+            aiohttp.ClientSession() as http:
+        miner = fleet.miners[0]
+        async with http.get(miner.url + "/api/system/info") as r:
+            info = await r.json()
+        check(version, response_schema(version, "/api/system/info"), info)
+        if fw.has_asic_endpoint(version):
+            async with http.get(miner.url + "/api/system/asic") as r:
+                check(version, response_schema(version, "/api/system/asic"), await r.json())
+    assert len(miner.connections.sent) == (2 if fw.has_asic_endpoint(version) else 1)
+
+
+@pytest.mark.parametrize("version", fw.VERSIONS)
 def test_version_specific_types(version: str) -> None:
     fleet = Fleet([SimMinerSpec(board="GammaTurbo", firmware=version)])
     info = fleet.miners[0].info()

@@ -18,6 +18,7 @@ class FixtureMiner:
     mode: str = "ok"  # ok | timeout | http500 | truncated | garbage | huge | unauthorized
     credentials: tuple[str, str] | None = None  # require HTTP basic auth
     delay: float = 0.0
+    patch_delay: float = 0.0  # s before a PATCH is answered (recorded on arrival): a miner that hangs
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     port: int = 0
     _runner: web.AppRunner | None = None
@@ -59,6 +60,8 @@ class FixtureMiner:
     async def _patch(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(("PATCH", request.path, body))
+        if self.patch_delay:
+            await asyncio.sleep(self.patch_delay)
         for src, dst in (("frequency", "frequency"), ("coreVoltage", "coreVoltage")):
             if src in body:
                 self.info[dst] = body[src]
