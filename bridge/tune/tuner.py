@@ -600,6 +600,12 @@ class Tuner:
             return min(pool, key=lambda s: s.est["j_per_th"].value)
         return max(pool, key=lambda s: s.est["hashrate"].value)
 
+    def _reported(self, s: ConfigStats) -> dict[str, dict[str, Any]]:
+        """A config's estimates as the summary shows them: those the slow wander affects widened to its floor
+        (the intervals the verdict compares), the others as the analyzer computed them."""
+        floor = self._floor(s)
+        return {k: (floored(e, floor) if k in WANDERING else e).to_dict() for k, e in s.est.items()}
+
     def _eligible(self, s: ConfigStats, pool: list[ConfigStats]) -> bool:
         """Balanced: within the J/TH tolerance of the best. The cut is made on best-case J/TH, which is
         measured to a few tenths of a percent: by measured J/TH, configs near the cut would flip with noise."""
@@ -641,7 +647,7 @@ class Tuner:
         entries = []
         for cand in self.search.candidates.values():
             s = self._stats(cand.config.tag) if cand.visits else None
-            est = None if s is None else {k: e.to_dict() for k, e in s.est.items()}
+            est = None if s is None else self._reported(s)
             entries.append(Entry.of(cand, est, 0.0 if s is None else s.time_s))
         final = winner.config if winner is not None and self.plan.apply_winner else self.pre.tag
         return Summary(
@@ -649,8 +655,8 @@ class Tuner:
             duration_s=self.spent, pre_tune=self.pre.tag, final_config=final,
             winner=None if winner is None else winner.config,
             runner_up=None if runner is None else runner.config,
-            winner_est=None if winner is None else {k: e.to_dict() for k, e in winner.est.items()},
-            runner_up_est=None if runner is None else {k: e.to_dict() for k, e in runner.est.items()},
+            winner_est=None if winner is None else self._reported(winner),
+            runner_up_est=None if runner is None else self._reported(runner),
             difference=None if diff is None else diff.to_dict(),
             significant=None if diff is None else diff.significant, tie_break=tie_break, entries=entries)
 
@@ -848,6 +854,7 @@ class Tuner:
                             "core_voltage": c.core_voltage, "tune": self.tune_id, "kind": v.kind})
 
 
+WANDERING = frozenset({"hashrate", "power", "j_per_th", "gh_per_w"})  # see measure.wander_floor
 _WHY = {"explore": "measure a candidate", "final": "final A/B round", "step_back": "step back after a breach",
         "finish": "end of the tune"}
 _POWER = 3 + RAW_FIELDS.index("power")
