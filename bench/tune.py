@@ -251,7 +251,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, wall: float) -> st
         f"cycling through {', '.join(BENCH_BOARDS)}, firmware 2.15, read every 5 simulated seconds through the "
         "firmware's documents and the bridge's parser, driven through `bridge.tune.Tuner` with the guard's "
         "option and power-envelope checks and its 10-s rate limit. Limits: the defaults (chip 68 °C, VR 90 °C, "
-        "0.9 × maxPower, errors ≤ 2 %, hashrate ≥ 90 % of expected; stable means 2 °C and 3 % inside them). "
+        "0.9 × maxPower, errors ≤ 2 %, hashrate ≥ 90 % of expected; stable means 2 °C and 5 % inside them). "
         "The truth is `MinerModel.truth()` of every config the tuner may try, judged by the same "
         "`Limits.steady_problems`. The seed is not one the method was developed on (1, 3, 7).",
         "",

@@ -12,16 +12,17 @@ import click
 
 from bridge import __version__
 from bridge.config import BridgeConfig, ConfigError, load_config, parse_config
+from bridge.tune.plan import Goal
 
 log = logging.getLogger("bitaxe.cli")
 
 DEMO_FLEET = (  # (board family, firmware): several ASIC models and firmware generations
     ("Gamma", "2.15.0"),
     ("Supra", "2.12.0"),
-    ("Ultra", "2.9.0"),
-    ("Max", "2.6.0"),
-    ("GammaTurbo", "2.15.0"),
-    ("Hex", "2.12.0"),
+    ("Ultra", "2.15.0"),
+    ("Max", "2.6.0"),  # too old to tune (no error rate): the demo says so
+    ("GammaTurbo", "2.12.0"),
+    ("Hex", "2.9.0"),
 )
 
 
@@ -214,30 +215,37 @@ def health(config_path: str, max_age: float | None) -> None:
         raise click.ClickException("\n".join(found))
 
 
-@main.command(short_help="Run the bridge against a simulated fleet (no hardware needed).")
+@main.command(short_help="Run the bridge against a simulated fleet and tune it (no hardware needed).")
 @click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="How many simulated miners (boards and firmware versions cycle).")
 @click.option("--duration", default=None, type=click.FloatRange(min=1),
               help="Stop after this many seconds (default: until Ctrl-C).")
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.2),
               help="Poll interval, seconds.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Where the demo writes its SQLite store (DATA_DIR/demo.db) and heartbeat (health.json).")
+              help="Where the demo writes its SQLite store (DATA_DIR/demo.db), tune states and heartbeat.")
 @click.option("--mqtt", "mqtt_addr", default=None, metavar="HOST:PORT",
               help="Also publish to this MQTT broker (with Home Assistant discovery); port 1883 if left out.")
 @click.option("--time-scale", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Simulated seconds per real second (thermal lag plays out faster).")
+@click.option("--tune", "tune_goal", default=Goal.EFFICIENCY.value, show_default=True,
+              type=click.Choice([*(g.value for g in Goal), "off"]),
+              help="Auto-tune every simulated miner whose firmware allows it for this goal, show the progress "
+                   "and each recommendation, then go on polling; off: step through configs with --tour.")
 @click.option("--tour", "tour_every", default=120.0, show_default=True, type=click.FloatRange(min=0),
-              help="Every this many seconds, step each miner to another of its allowed clock configs "
-                   "through the command guard, so the analyzer has configs to compare (0: off).")
+              help="With --tune off: every this many seconds, step each miner to another of its allowed clock "
+                   "configs through the command guard, so the analyzer has configs to compare (0: off).")
 def demo(miners: int, duration: float | None, interval: float, data_dir: str, mqtt_addr: str | None,
-         time_scale: float, tour_every: float) -> None:
-    """Start a simulated fleet and run the bridge against it: nothing else needed.
+         time_scale: float, tune_goal: str, tour_every: float) -> None:
+    """Start a simulated fleet, run the bridge against it and auto-tune it: nothing else needed.
 
-    Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
-    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 5s --min-warmup 20s --out report/`
-    (the simulated clock runs TIME_SCALE times faster: warm-ups are that much shorter, and uptime
-    advances that much faster, which longer bins would read as restarts).
+    Each tunable miner is tuned at once (the progress shows on stderr), and its recommendation is
+    printed as soon as its tune ends, within a few minutes at the default time scale. Readings, and
+    every candidate's measurement as a session, are stored in DATA_DIR/demo.db; then:
+    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 2s --warmup 10s --out report/`
+    (the simulated clock runs TIME_SCALE times faster: warm-ups and a tune's visits are that much
+    shorter, and uptime advances that much faster, which longer bins would read as restarts).
+    With --tune off the clock tour runs instead; after 8-10 minutes use --bin 5s --min-warmup 20s.
     """
     mqtt = parse_broker(mqtt_addr) if mqtt_addr else None
     try:
@@ -245,12 +253,17 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
     except OSError as exc:
         raise click.BadParameter(f"cannot create {data_dir} ({exc.strerror or exc}); choose a writable directory",
                                  param_hint="--data-dir") from None
-    _setup_logging("INFO")
-    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every))
+    tuning = tune_goal != "off"
+    _setup_logging("WARNING" if tuning and sys.stderr.isatty() else "INFO")
+    asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale,
+                      Goal(tune_goal) if tuning else None, tour_every))
 
 
 async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt: tuple[str, int] | None,
-                time_scale: float, tour_every: float) -> None:
+                time_scale: float, goal: Goal | None, tour_every: float) -> None:
+    from bridge.daemon import Bridge, run_until_stopped
+    from bridge.tune.cli import Display, run_tunes
+    from bridge.tune.plan import Plan
     from simulator.server import Fleet, SimMinerSpec
 
     specs = [SimMinerSpec(board=DEMO_FLEET[i % len(DEMO_FLEET)][0], firmware=DEMO_FLEET[i % len(DEMO_FLEET)][1],
@@ -260,7 +273,25 @@ async def _demo(n: int, duration: float | None, interval: float, data_dir: Path,
             click.echo(f"simulated {spec.board:<10} firmware {spec.firmware:<7} at {url}", err=True)
         names = [s.name or f"sim-{i + 1}" for i, s in enumerate(specs)]
         cfg = demo_config(names, fleet.hosts, interval, data_dir, mqtt)
-        await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
+        if goal is None:
+            await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
+            return
+        for old in (data_dir / "tune").glob("*.json"):  # every demo starts afresh
+            old.unlink()
+
+        async def main(bridge: Bridge) -> None:
+            display = Display(sys.stderr, names, time_scale)
+            await run_tunes(bridge, names, Plan(goal=goal), display,
+                            on_done=lambda summary: click.echo(summary.table() + "\n"))
+            db = data_dir / "demo.db"
+            opts = f"--source sqlite:{db} --bin 2s --warmup 10s"
+            click.echo(f"Every candidate's measurement is a session in {db}; the analyzer ranks and reports them "
+                       f"like any other history (a tune's visits are a minute or two of the demo's fast clock):\n"
+                       f"  .venv/bin/bitaxe-analyze rank {opts}\n  .venv/bin/bitaxe-analyze report {opts} "
+                       "--out report/\nThe bridge goes on polling; Ctrl-C to stop.")
+            await asyncio.Event().wait()
+
+        await run_until_stopped(cfg, duration=duration, time_scale=time_scale, main=main)
 
 
 def parse_broker(addr: str) -> tuple[str, int]:
@@ -282,6 +313,9 @@ def demo_config(names: list[str], hosts: list[str], interval: float, data_dir: P
         "poll_interval": interval,
         "sqlite": {"path": str(data_dir / "demo.db")},
         "health_file": str(data_dir / "health.json"),
+        "tune_dir": str(data_dir / "tune"),
+        # The simulated clock runs fast: a 10-s rate limit would hold a tune's step back for minutes.
+        "safety": {"min_command_interval": 1.0},
     }
     if mqtt is not None:
         raw["mqtt"] = {"host": mqtt[0], "port": mqtt[1]}

@@ -143,8 +143,7 @@ def run_tune(device: Device, plan: Plan, *, poll: float = 5.0, command_interval:
     guard = Guard(cfg, poller, lambda item: None)
     t0 = device.time
     if tuner is None:
-        tuner = Tuner(miner=device.name, board=device.board, start=first.config, plan=plan, now=t0,
-                      firmware=first.firmware)
+        tuner = Tuner(miner=device.name, board=device.board, start=first.config, plan=plan, now=t0)
         pending = tuner.begin(t0)
     else:
         pending = tuner.resume(t0)

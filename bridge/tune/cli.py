@@ -8,16 +8,20 @@ import logging
 import shutil
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 import click
 from pydantic import ValidationError
 
 from bridge.config import BridgeConfig
-from bridge.tune.plan import Goal, Method, TuneRequest
+from bridge.tune.plan import Goal, Method, Plan, TuneRequest
 from bridge.tune.service import TuneError
 from bridge.tune.summary import Summary
 from bridge.tune.tuner import TuneStatus
+
+if TYPE_CHECKING:
+    from bridge.daemon import Bridge
 
 log = logging.getLogger("bitaxe.tune")
 
@@ -113,39 +117,56 @@ def tune(config_path: str, miners: tuple[str, ...], goal: str, max_chip_temp: fl
 
 async def _tune(cfg: BridgeConfig, names: list[str], request: TuneRequest, time_scale: float,
                 display: Display) -> dict[str, Summary | None]:
-    from bridge.daemon import Bridge, run_until_stopped
+    from bridge.daemon import run_until_stopped
 
     results: dict[str, Summary | None] = dict.fromkeys(names)
 
     async def main(bridge: Bridge) -> None:
-        service = bridge.tune
-        await service.ready()
-        plan = request.plan(cfg.safety, Method())
-        for name in names:
-            if name in service.jobs:
-                display.note(name, "resuming the saved tune")
-                continue
-            try:
-                await _online(bridge, name)
-                service.start_tune(name, plan)
-            except TuneError as exc:
-                display.note(name, str(exc))
-        waiting = {n: asyncio.ensure_future(service.wait(n)) for n in service.jobs}
-        try:
-            while not all(w.done() for w in waiting.values()):
-                display.show({n: service.status(n) for n in service.jobs})
-                await asyncio.wait(set(waiting.values()), timeout=1.0)
-            display.show({n: service.status(n) for n in service.jobs})
-        finally:
-            for name, w in waiting.items():
-                results[name] = w.result() if w.done() else None
-                w.cancel()
+        results.update(await run_tunes(bridge, names, request.plan(cfg.safety, Method()), display))
 
     await run_until_stopped(cfg, time_scale=time_scale, main=main)
     return results
 
 
-async def _online(bridge: Any, name: str) -> None:
+async def run_tunes(bridge: Bridge, names: list[str], plan: Plan, display: Display,
+                    on_done: Callable[[Summary], None] | None = None) -> dict[str, Summary | None]:
+    """Start a tune on each named miner (a saved one resumes by itself), show the progress until all are
+    over; returns each miner's summary (None: not finished, e.g. cancelled by a shutdown)."""
+    service = bridge.tune
+    await service.ready()
+    for name in names:
+        if name in service.jobs:
+            display.note(name, "resuming the saved tune")
+            continue
+        try:
+            await _online(bridge, name)
+            service.start_tune(name, plan)
+        except TuneError as exc:
+            display.note(name, str(exc))
+    waiting = {n: asyncio.ensure_future(service.wait(n)) for n in service.jobs}
+    reported: set[str] = set()
+    results: dict[str, Summary | None] = {}
+    try:
+        while True:
+            display.show({n: service.status(n) for n in service.jobs})
+            for name, w in waiting.items():
+                if w.done() and name not in reported:
+                    reported.add(name)
+                    summary = w.result()
+                    if summary is not None and on_done is not None:
+                        display.close()
+                        on_done(summary)
+            if all(w.done() for w in waiting.values()):
+                break
+            await asyncio.wait(set(waiting.values()), timeout=1.0)
+    finally:
+        for name, w in waiting.items():
+            results[name] = w.result() if w.done() else None
+            w.cancel()
+    return results
+
+
+async def _online(bridge: Bridge, name: str) -> None:
     deadline = time.monotonic() + ONLINE_WAIT
     while time.monotonic() < deadline:
         state = bridge.poller.miners[name]
@@ -205,9 +226,8 @@ class Display:
                 f"best {best}  ({st.tried} tried, {_mins(st.elapsed_s / self.scale)})")
 
     def close(self) -> None:
-        if self.live and self.drawn:
-            self.out.write("\n")
-            self.out.flush()
+        """Leave the drawn lines as they are; the next show() draws below them."""
+        self.drawn = 0
 
 
 def _mins(seconds: float) -> str:

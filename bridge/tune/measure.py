@@ -170,14 +170,20 @@ class Monitor:
         return gaps[len(gaps) // 2] if gaps else 0.0
 
     def _slope(self, what: str) -> float | None:
-        """°C/s over the window; None while there are too few readings to tell."""
+        """°C/s over the window, less one standard error toward zero: a few noisy readings make a steep
+        slope out of nothing, and only the trend the data is sure of is projected. None while there are too
+        few readings to tell."""
         pts = [(t, v[what]) for t, v in self.history if what in v]
         if len(pts) < 3 or pts[-1][0] - pts[0][0] < 10.0:
             return None
         t = np.asarray([p[0] for p in pts])
         y = np.asarray([p[1] for p in pts])
         tc = t - t.mean()
-        return float((tc * (y - y.mean())).sum() / (tc * tc).sum())
+        sxx = float((tc * tc).sum())
+        slope = float((tc * (y - y.mean())).sum() / sxx)
+        resid = y - y.mean() - slope * tc
+        se = math.sqrt(float((resid * resid).sum()) / (len(pts) - 2) / sxx) if len(pts) > 2 else 0.0
+        return math.copysign(max(0.0, abs(slope) - se), slope)
 
 
 # ---- judging a candidate ---------------------------------------------------------------------------------
@@ -191,11 +197,12 @@ class Judgement:
 
 
 def judge(stats: ConfigStats, limits: Limits, max_power: float | None, input_voltage: float | None,
-          fallback: Estimate | None = None) -> Judgement:
+          fallback: Estimate | None = None, enough: bool = True) -> Judgement:
     """The error gate by its interval (stable when its high end is under the gate, unstable when its low
     end is over, undecided between); hashrate, temperatures, power and input voltage by their steady
     means against the limits less their margins, which are there to absorb what a mean does not know.
-    `fallback` is an error-rate estimate to judge by when the analyzer has no interval for it."""
+    `fallback` is an error-rate estimate to judge by when the analyzer has no interval for it. Until there
+    is `enough` steady data for a mean to mean something, only the error gate's interval may reject."""
     est = stats.est
     expected = est["expected_hashrate"].value
 
@@ -215,10 +222,16 @@ def judge(stats: ConfigStats, limits: Limits, max_power: float | None, input_vol
     err = est["error_pct"]
     if err.hi is None and fallback is not None:
         err = fallback
+    if not enough:
+        means = dict.fromkeys(means)
+        input_voltage = None
+        problems = []
     problems += limits.steady_problems(**means, max_power=max_power, input_voltage=input_voltage,
                                        error_pct=err.lo if err.lo is not None else None)
     if problems:
         return Judgement(False, tuple(problems))
+    if not enough:
+        return Judgement(None)
     if err.hi is None and math.isfinite(err.value):
         return Judgement(None, (Problem("errors", "error rate has no interval yet"),))
     doubt = limits.steady_problems(chip_temp=None, vr_temp=None, power=None, max_power=max_power,

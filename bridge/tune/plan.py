@@ -55,7 +55,7 @@ class Limits:
     max_error_pct: float = 2.0  # %
     min_hashrate_ratio: float = 0.90
     temp_margin: float = 2.0  # °C
-    power_margin: float = 0.03  # fraction of the power limit
+    power_margin: float = 0.05  # fraction of the power limit: a stable config's readings (±1-2 %) stay under it
     voltage_margin: float = 0.1  # V
 
     @classmethod
@@ -125,6 +125,7 @@ class Method:
     guard_temp: float = 1.0  # °C: abort when a projected temperature comes this close to its limit
     guard_power: float = 0.01  # the same for power, as a fraction of its limit
     max_visit_s: float = 300.0  # steady seconds a candidate is measured before it counts as a contender
+    min_steady_s: float = 60.0  # steady seconds before a mean (hashrate, temperature, power) may reject
     # While warming up, a config is rejected only when its error rate is clearly above this × the gate:
     # a die still hotter than it will settle shows more errors (a few percent more per °C).
     early_reject: float = 1.5
@@ -134,7 +135,6 @@ class Method:
     max_finalists: int = 3
     budget_s: float = 3600.0  # the whole tune, warm-ups included; finals stop here at the latest
     lost_after_s: float = 120.0  # no reading for this long (tune time): the miner is lost
-    old_firmware_min_warmup_s: float = 600.0  # pre-2.12 firmware reports a 10-min share-derived hashrate
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "warmup"}

@@ -24,6 +24,7 @@ from typing import Any
 
 from bridge.commands import CommandPayload, Guard, PollerView
 from bridge.config import BridgeConfig
+from bridge.discovery import firmware_version
 from bridge.reading import ClockConfig, Event, Reading
 from bridge.tune.plan import Plan
 from bridge.tune.summary import Summary
@@ -35,6 +36,7 @@ Publish = Callable[[Reading | Event], None]
 TICK_S = 5.0  # wall seconds between ticks at most when no reading comes (a lost miner is noticed by the tuner)
 SAVE_EVERY = 30.0  # wall seconds between state writes while measuring
 RESTORE_TIMEOUT = 30.0  # wall seconds for the restore command at shutdown
+MIN_FIRMWARE = (2, 12)  # errorPercentage and the ~1 s register hashrate
 
 
 class TuneError(Exception):
@@ -113,13 +115,17 @@ class TuneService:
         last = state.last
         if not state.online or last is None:
             raise TuneError(f'miner "{miner}" is offline or has not been read yet; wait until it answers')
+        if last.error_pct is None or firmware_version(last.firmware)[:2] < MIN_FIRMWARE:
+            raise TuneError(f'miner "{miner}" runs firmware {last.firmware}, which reports no ASIC error rate and '
+                            "only a hashrate smoothed over 10 minutes: the tuner cannot judge a config's "
+                            "stability; update it to 2.12 or newer")
         safety = self.cfg.safety
         custom = self.guard.allows_custom(miner)
         # A step back waits for the guard's rate limit and a PATCH (wall seconds), then the firmware's ramp.
         reaction = (safety.min_command_interval + 1.0) * self.time_scale + 5.0
         plan = replace(plan, method=replace(plan.method, reaction_s=max(plan.method.reaction_s, reaction)))
         tuner = Tuner(miner=miner, board=last.board, start=last.config, plan=plan, now=self._t(last.time),
-                      firmware=last.firmware, max_frequency=safety.max_frequency if custom else None,
+                      max_frequency=safety.max_frequency if custom else None,
                       max_core_voltage=safety.max_core_voltage if custom else None)
         job = Job(miner, tuner)
         self.jobs[miner] = job

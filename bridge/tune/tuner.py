@@ -137,13 +137,12 @@ class Tuner:
     """See the module docstring. Times are seconds on the tune's clock (simulated seconds in the bench)."""
 
     def __init__(self, *, miner: str, board: BoardInfo, start: ClockConfig, plan: Plan, now: float,
-                 firmware: str = "", max_frequency: float | None = None, max_core_voltage: int | None = None,
+                 max_frequency: float | None = None, max_core_voltage: int | None = None,
                  tune_id: str | None = None) -> None:
         self.miner = miner
         self.board = board
         self.plan = plan
         self.pre = start
-        self.firmware = firmware
         self.tune_id = tune_id or uuid.uuid4().hex[:8]
         self.search = Search.create(board, plan, Grid.for_board(board, max_frequency, max_core_voltage), start)
         self.phase = Phase.EXPLORE
@@ -162,14 +161,6 @@ class Tuner:
         self._cache: dict[str, tuple[int, ConfigStats | None]] = {}
         self._best_j: float | None = None  # balanced: the best J/TH found by the first phase
         self._resume_at: tuple[ClockConfig, str] | None = None  # from_dict: the visit that was interrupted
-        if firmware and _before_2_12(firmware):
-            # A share-derived, 10-min smoothed hashrate lags a change by minutes: wait for it.
-            w = plan.method.warmup
-            if w.min_s < plan.method.old_firmware_min_warmup_s:
-                warm = replace(w, min_s=plan.method.old_firmware_min_warmup_s,
-                               max_s=max(w.max_s, plan.method.old_firmware_min_warmup_s))
-                self.plan = replace(plan, method=replace(plan.method, warmup=warm))
-                self.search.plan = self.plan
 
     # ---- the caller's inputs ---------------------------------------------------------------------------
     def begin(self, now: float) -> list[Action]:
@@ -312,7 +303,8 @@ class Tuner:
         steady_s = t - v.steady
         capped = steady_s >= 3 * method.max_visit_s
         fallback = error_estimate([r for r in v.rows if r[0] >= v.steady]) if capped else None
-        verdict = judge(stats, self.plan.limits, self.board.max_power, _mean(v.input_voltage), fallback)
+        verdict = judge(stats, self.plan.limits, self.board.max_power, _mean(v.input_voltage), fallback,
+                        enough=stats.time_s >= method.min_steady_s)
         if verdict.stable is False:
             return self._end_candidate(t, _status(verdict.problems), "; ".join(map(str, verdict.problems)))
         if v.kind == "final":
@@ -363,7 +355,7 @@ class Tuner:
         if self._goal() is Goal.EFFICIENCY:
             lj = leader.est["j_per_th"]
             if best_j is not None and math.isfinite(lj.value):
-                bound = pessimistic(lj, True, self._floor(leader)) * (1 + m)
+                bound = pessimistic(lj, True, self._floor(leader)) * (1 + m) * self._slack()
                 if best_j > bound:
                     return f"at best {best_j:.2f} J/TH, worse than the leader {leader.config} " \
                            f"({lj.value:.2f} J/TH, at most {bound:.2f} with the race margin)"
@@ -439,9 +431,9 @@ class Tuner:
     def _better(self, a: ConfigStats, b: ConfigStats) -> bool:
         if self._goal() is Goal.HASHRATE:
             limit = self._max_j()
-            if limit is not None and a.est["j_per_th"].value > limit:
+            if limit is not None and self._sharp_j(a) > limit:
                 return False
-            if limit is not None and b.est["j_per_th"].value > limit:
+            if limit is not None and self._sharp_j(b) > limit:
                 return True
             return a.est["hashrate"].value > b.est["hashrate"].value
         return a.est["j_per_th"].value < b.est["j_per_th"].value
@@ -474,10 +466,14 @@ class Tuner:
         beat = None
         if leader is not None:
             if goal is Goal.EFFICIENCY:
-                beat = pessimistic(leader.est["j_per_th"], True, self._floor(leader))
+                beat = pessimistic(leader.est["j_per_th"], True, self._floor(leader)) * self._slack()
             else:
                 beat = pessimistic(leader.est["hashrate"], False, self._floor(leader))
         return Target(goal=goal, beat=beat, max_j=self._max_j())
+
+    def _slack(self) -> float:
+        """Balanced, first phase: a config up to the J/TH tolerance worse than the best may be the pick."""
+        return 1 + self.plan.balance_tolerance / 100.0 if self.plan.goal is Goal.BALANCED else 1.0
 
     def _max_j(self) -> float | None:
         """Balanced, second phase: the J/TH a pick may have (the best stable J/TH plus the tolerance)."""
@@ -782,7 +778,7 @@ class Tuner:
         """Everything needed to resume after a restart (the visit in progress is measured again)."""
         return {
             "version": 1, "miner": self.miner, "tune_id": self.tune_id, "plan": self.plan.to_dict(),
-            "board": _board_dict(self.board), "pre": self.pre.tag, "firmware": self.firmware,
+            "board": _board_dict(self.board), "pre": self.pre.tag,
             "grid": {"frequencies": list(self.search.grid.frequencies), "voltages": list(self.search.grid.voltages)},
             "candidates": [c.to_dict() for c in self.search.candidates.values()],
             "phase": self.phase.value, "started": self.started, "spent": self.spent, "last_t": self.last_t,
@@ -800,7 +796,7 @@ class Tuner:
         board = _board_from(d["board"])
         t = cls.__new__(cls)
         t.miner, t.tune_id, t.plan, t.board = d["miner"], d["tune_id"], plan, board
-        t.pre, t.firmware = ClockConfig.parse(d["pre"]), d.get("firmware", "")
+        t.pre = ClockConfig.parse(d["pre"])
         grid = Grid(tuple(d["grid"]["frequencies"]), tuple(int(v) for v in d["grid"]["voltages"]))
         t.search = Search(board, plan, grid)
         for c in d["candidates"]:
@@ -871,12 +867,6 @@ def _mean(xs: list[float]) -> float | None:
 
 def _join(a: str, b: str) -> str:
     return f"{a}; {b}" if a else b
-
-
-def _before_2_12(firmware: str) -> bool:
-    from bridge.discovery import firmware_version
-
-    return firmware_version(firmware)[:2] < (2, 12)
 
 
 def _headline(s: Summary) -> str:

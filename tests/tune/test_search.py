@@ -61,8 +61,8 @@ def test_configs_predicted_over_the_power_limit_or_as_hot_as_a_hot_one_are_skipp
     for tag in ("525@1150", "400@1000", "490@1100"):
         measured(s, tag, Status.STABLE)
     s.prune(Target(goal=Goal.HASHRATE))
-    # 18 W less the 3 % stability margin: 17.5 W; predictions get the model's slack (1 % here)
-    assert s[C("525@1200")].status is Status.PRUNED and "predicted 17.8 W, above the 17.5 W" in s[C("525@1200")].reason
+    # 18 W less the 5 % stability margin: 17.1 W; predictions get the model's slack (1 % here)
+    assert s[C("525@1200")].status is Status.PRUNED and "predicted 17.8 W, above the 17.1 W" in s[C("525@1200")].reason
     assert s[C("490@1150")].status is Status.UNTESTED  # 15.6 W
     hot = search()
     for tag in ("525@1150", "400@1000", "490@1100"):
