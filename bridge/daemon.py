@@ -53,7 +53,7 @@ class Bridge:
         self.fanout.add(self.tune, maxsize=10_000, drop_oldest=True)
         self.mqtt: MqttBridge | None = None
         if cfg.mqtt is not None:
-            self.mqtt = MqttBridge(cfg, self.guard)
+            self.mqtt = MqttBridge(cfg, self.guard, self.tune)
             self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
 
     def add_sink(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:

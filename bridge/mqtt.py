@@ -35,6 +35,8 @@ from bridge.discovery import (
     state_document,
 )
 from bridge.reading import Event, Reading
+from bridge.tune.service import COMMANDS as TUNE_COMMANDS
+from bridge.tune.service import TuneService
 
 log = logging.getLogger("bitaxe.mqtt")
 
@@ -115,13 +117,16 @@ class MqttBridge:
 
     name = "mqtt"
 
-    def __init__(self, cfg: BridgeConfig, guard: Guard | None = None) -> None:
+    def __init__(self, cfg: BridgeConfig, guard: Guard | None = None, tune: TuneService | None = None) -> None:
         if cfg.mqtt is None:
             raise ValueError("MqttBridge needs an mqtt: section in the config")
         self.cfg = cfg
         self.mqtt: MqttConfig = cfg.mqtt
         self.topics = topics_for(self.mqtt)
         self.guard = guard
+        self.tune = tune  # set/tune and set/tune_goal go here; its state goes to <prefix>/<miner>/tune
+        if tune is not None:
+            tune.listeners.append(self._tune_changed)
         self.miners: tuple[str, ...] = tuple(m.name for m in cfg.miners)
         self.latest: dict[str, Reading] = {}
         self.online: dict[str, bool] = {}
@@ -164,6 +169,9 @@ class MqttBridge:
             await self._publish(self.topics.availability(item.miner), item.kind, qos=1, retain=True)
         elif item.kind == "command":
             await self._publish(self.topics.result(item.miner), _dumps(item.data), qos=1)
+        elif item.kind == "tune":  # a tune's summary: the outcome of the tune command
+            doc = {"miner": item.miner, "kind": "tune", "summary": item.data, "message": item.message}
+            await self._publish(self.topics.result(item.miner), json.dumps(doc, default=str), qos=1)
         else:
             when = datetime.fromtimestamp(item.time, UTC).isoformat(timespec="milliseconds")
             doc = {"kind": item.kind, "message": item.message, "time": when, "data": item.data}
@@ -270,6 +278,8 @@ class MqttBridge:
             reading = self.latest.get(miner)
             if reading is not None:
                 await client.publish(self.topics.state(miner), _dumps(state_document(reading)), retain=True)
+            if self.tune is not None:
+                await client.publish(self.topics.tune(miner), _dumps(self.tune.document(miner)), retain=True)
 
     async def _publish_all(self, client: aiomqtt.Client, configs: dict[str, Payload]) -> None:
         for topic, payload in configs.items():
@@ -354,7 +364,10 @@ class MqttBridge:
                 log.warning("mqtt: ignoring retained command on %s; publish commands without retain", topic)
                 return
             miner, setting = parsed
-            self._spawn(self._command(miner, setting, bytes(payload)))
+            if setting in TUNE_COMMANDS and self.tune is not None:
+                self._spawn(self._tune_command(miner, setting, bytes(payload)))
+            else:
+                self._spawn(self._command(miner, setting, bytes(payload)))
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -375,6 +388,15 @@ class MqttBridge:
             await self.guard.submit(miner, payload, setting, source="mqtt")
         except Exception:
             log.exception("mqtt: command for %s on setting %s failed", miner, setting)
+
+    async def _tune_command(self, miner: str, setting: str, payload: bytes) -> None:
+        assert self.tune is not None
+        text = payload.decode("utf-8", "replace")
+        await self._publish(self.topics.result(miner), _dumps(self.tune.command(miner, setting, text)), qos=1)
+
+    def _tune_changed(self, miner: str) -> None:
+        if self.tune is not None and miner in self.miners and self.client is not None:
+            self._spawn(self._publish(self.topics.tune(miner), _dumps(self.tune.document(miner)), retain=True))
 
     async def publish_bridge_state(self, state: dict[str, Any]) -> None:
         """The bridge's own state document (retained), read by the bridge device's diagnostic sensors."""

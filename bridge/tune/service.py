@@ -19,14 +19,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from bridge.commands import CommandPayload, Guard, PollerView
 from bridge.config import BridgeConfig
-from bridge.discovery import firmware_version
+from bridge.discovery import TUNE_FIRMWARE, firmware_version
 from bridge.reading import ClockConfig, Event, Reading
-from bridge.tune.plan import Plan
+from bridge.tune.plan import Goal, Plan, TuneRequest
 from bridge.tune.summary import Summary
 from bridge.tune.tuner import Action, Apply, Done, Phase, Record, Tuner, TuneStatus
 
@@ -36,7 +39,7 @@ Publish = Callable[[Reading | Event], None]
 TICK_S = 5.0  # wall seconds between ticks at most when no reading comes (a lost miner is noticed by the tuner)
 SAVE_EVERY = 30.0  # wall seconds between state writes while measuring
 RESTORE_TIMEOUT = 30.0  # wall seconds for the restore command at shutdown
-MIN_FIRMWARE = (2, 12)  # errorPercentage and the ~1 s register hashrate
+COMMANDS = frozenset({"tune", "tune_goal"})  # <prefix>/<miner>/set/<command> topics (docs/mqtt.md)
 
 
 class TuneError(Exception):
@@ -69,7 +72,8 @@ class TuneService:
         self.time_scale = time_scale
         self.jobs: dict[str, Job] = {}
         self.summaries: dict[str, Summary] = {}  # the last finished tune of each miner
-        self.listeners: list[Callable[[str, TuneStatus | None, Summary | None], None]] = []
+        self.goals: dict[str, Goal] = {}  # the goal chosen for the next tune (Home Assistant's select)
+        self.listeners: list[Callable[[str], None]] = []  # told the miner whenever its tune's state changes
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()
 
@@ -115,7 +119,7 @@ class TuneService:
         last = state.last
         if not state.online or last is None:
             raise TuneError(f'miner "{miner}" is offline or has not been read yet; wait until it answers')
-        if last.error_pct is None or firmware_version(last.firmware)[:2] < MIN_FIRMWARE:
+        if last.error_pct is None or firmware_version(last.firmware)[:2] < TUNE_FIRMWARE:
             raise TuneError(f'miner "{miner}" runs firmware {last.firmware}, which reports no ASIC error rate and '
                             "only a hashrate smoothed over 10 minutes: the tuner cannot judge a config's "
                             "stability; update it to 2.12 or newer")
@@ -150,6 +154,65 @@ class TuneService:
             return self.summaries.get(miner)
         await job.finished.wait()
         return job.summary
+
+    def command(self, miner: str, setting: str, text: str) -> dict[str, Any]:
+        """A tune command from MQTT; returns the document for the miner's result topic.
+
+        `set/tune_goal` with a goal chooses the goal for the next start. `set/tune` with `start` (or
+        `PRESS`) starts a tune for the chosen goal, `stop` stops the running one, and a JSON object
+        (`TuneRequest`: goal, limits, apply_winner, budget_min) starts one with those.
+        """
+        request: Any = {setting: text[:200]}
+        try:
+            body = text.strip()
+            if setting == "tune_goal":
+                goal = _goal(body)
+                self.goals[miner] = goal
+                self._notify_miner(miner)
+                return _result(miner, request, True, "ok", f"the next tune will be for {goal.value}")
+            if body.lower() == "stop":
+                self.stop_tune(miner, "stopped over MQTT")
+                return _result(miner, request, True, "ok", "stopping; the miner goes back to its pre-tune config")
+            if body.lower() in ("start", "press"):
+                tune = TuneRequest(goal=self.goals.get(miner, Goal.EFFICIENCY))
+            else:
+                data = json.loads(body)
+                if not isinstance(data, dict):
+                    raise ValueError('send "start", "stop" or a JSON object like {"goal": "efficiency"}')
+                request = data
+                tune = TuneRequest.model_validate(data)
+            status = self.start_tune(miner, tune.plan(self.cfg.safety))
+            return _result(miner, request, True, "ok", f"tune started for {tune.goal.value} from "
+                           f"{status.candidate or 'the current config'}")
+        except TuneError as exc:
+            return _result(miner, request, False, "tune_refused", str(exc))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                                 for e in exc.errors(include_url=False))
+            return _result(miner, request, False, "bad_payload", f"{problems}; nothing was started")
+        except ValueError as exc:
+            return _result(miner, request, False, "bad_payload", str(exc))
+
+    def document(self, miner: str) -> dict[str, Any]:
+        """What the tune of a miner is doing, for `<prefix>/<miner>/tune` (Home Assistant's tune sensors)."""
+        goal = self.goals.get(miner, Goal.EFFICIENCY)
+        job = self.jobs.get(miner)
+        summary = job.summary if job is not None and job.summary is not None else self.summaries.get(miner)
+        doc: dict[str, Any] = {"state": "idle", "goal": goal.value, "candidate": None, "stage": None,
+                               "progress": None, "eta_s": None, "best": None, "tune_id": None}
+        if job is not None and not job.finished.is_set():
+            st = job.tuner.status()
+            best = None
+            if st.leader is not None and st.leader_value is not None:
+                half = f" ±{(st.leader_hi - st.leader_lo) / 2:.2f}" if st.leader_hi is not None and \
+                    st.leader_lo is not None else ""
+                best = f"{st.leader} {st.leader_value:.2f}{half} {st.unit}"
+            doc.update(state=st.state, candidate=st.candidate, stage=st.stage, progress=round(100 * st.progress),
+                       eta_s=round(st.eta_s / self.time_scale), best=best, tune_id=job.tuner.tune_id)
+        elif summary is not None:
+            doc.update(state=summary.state, progress=100, eta_s=0, tune_id=summary.tune_id,
+                       best=summary.winner, significant=summary.significant)
+        return doc
 
     # ---- one tune ----------------------------------------------------------------------------------------
     async def _drive(self, job: Job) -> None:
@@ -315,12 +378,27 @@ class TuneService:
         return self._t(time.time())
 
     def _notify(self, job: Job) -> None:
-        status = job.tuner.status()
+        self._notify_miner(job.miner)
+
+    def _notify_miner(self, miner: str) -> None:
         for listener in self.listeners:
             try:
-                listener(job.miner, status, job.summary)
+                listener(miner)
             except Exception:
                 log.exception("tune status listener failed")
+
+
+def _goal(text: str) -> Goal:
+    try:
+        return Goal(text.lower())
+    except ValueError:
+        raise ValueError(f'"{text[:40]}" is not a goal; use one of {", ".join(g.value for g in Goal)}') from None
+
+
+def _result(miner: str, request: Any, accepted: bool, code: str, reason: str) -> dict[str, Any]:
+    """A result-topic document shaped like a command's (docs/mqtt.md), marked as the tune's."""
+    return {"miner": miner, "kind": "tune", "request": request, "accepted": accepted, "code": code,
+            "reason": reason, "source": "mqtt", "time": datetime.now(UTC).isoformat(timespec="milliseconds")}
 
 
 def _payload(config: ClockConfig) -> CommandPayload:
