@@ -179,7 +179,7 @@ async def _online(bridge: Bridge, name: str) -> None:
 class Display:
     """Progress: a bar with ETA per miner, redrawn in place on a terminal; a line per change otherwise."""
 
-    WIDTH = 20
+    WIDTH = 16  # characters of the bar
 
     def __init__(self, out: TextIO, names: list[str], time_scale: float = 1.0) -> None:
         self.out = out
@@ -216,14 +216,15 @@ class Display:
     def _line(self, name: str, st: TuneStatus) -> str:
         filled = round(self.WIDTH * st.progress)
         bar = "#" * filled + "." * (self.WIDTH - filled)
-        best = "-"
+        best = ""
         if st.leader and st.leader_value is not None:
-            ci = f" ±{(st.leader_hi - st.leader_lo) / 2:.2f}" if st.leader_hi is not None and \
+            ci = f"±{(st.leader_hi - st.leader_lo) / 2:.2f}" if st.leader_hi is not None and \
                 st.leader_lo is not None else ""
-            best = f"{st.leader} {st.leader_value:.2f}{ci} {st.unit}"
+            best = f"  best {st.leader} {st.leader_value:.2f}{ci} {st.unit}"
         what = f"{st.stage} {st.candidate}" if st.candidate else st.stage
-        return (f"{name:<12} [{bar}] {100 * st.progress:3.0f}% ETA {_mins(st.eta_s / self.scale)}  {what:<28} "
-                f"best {best}  ({st.tried} tried, {_mins(st.elapsed_s / self.scale)})")
+        width = max(len(n) for n in self.names)
+        return (f"{name:<{width}} [{bar}] {100 * st.progress:3.0f}% ETA {_mins(st.eta_s / self.scale):>3}  "
+                f"{what:<24}{best}")
 
     def close(self) -> None:
         """Leave the drawn lines as they are; the next show() draws below them."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -190,7 +189,3 @@ class TuneRequest(BaseModel):
         if self.budget_min is not None:
             method = replace(method, budget_s=self.budget_min * 60.0)
         return Plan(goal=self.goal, limits=limits, method=method, apply_winner=self.apply_winner)
-
-
-def finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)

@@ -261,3 +261,12 @@ class Search:
     def to_dict(self) -> dict[str, Any]:
         return {"grid": {"frequencies": list(self.grid.frequencies), "voltages": list(self.grid.voltages)},
                 "candidates": [c.to_dict() for c in self.candidates.values()]}
+
+    @classmethod
+    def from_dict(cls, board: BoardInfo, plan: Plan, d: dict[str, Any]) -> Search:
+        grid = Grid(tuple(d["grid"]["frequencies"]), tuple(int(v) for v in d["grid"]["voltages"]))
+        s = cls(board, plan, grid)
+        for c in d["candidates"]:
+            cand = Candidate.from_dict(c)
+            s.candidates[cand.config.tag] = cand
+        return s

@@ -129,9 +129,6 @@ class TuneStatus:
     tried: int
     remaining: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 class Tuner:
     """See the module docstring. Times are seconds on the tune's clock (simulated seconds in the bench)."""
@@ -196,7 +193,7 @@ class Tuner:
         out: list[Action] = []
         if v.start is None:
             v.start = t
-            self.monitor.reset(cooler=self._cooler(v.config, r))
+            self.monitor.reset(cooler=self._cooler(v.config))
             if v.kind != "step_back":
                 out.append(self._session_start(v))
         if v.last_uptime is not None and r.uptime < v.last_uptime:
@@ -271,7 +268,7 @@ class Tuner:
         return self._abort(now, reason, state="stopped")
 
     # ---- one visit ---------------------------------------------------------------------------------------
-    def _cooler(self, config: ClockConfig, r: Reading) -> bool:
+    def _cooler(self, config: ClockConfig) -> bool:
         """Whether `config` is predicted to draw less than the config that ran before it."""
         prev = self.visits[-1] if self.visits else None
         model = self.search.power_model()
@@ -399,13 +396,13 @@ class Tuner:
             if v.config.tag in self.finalists:
                 self.finalists.remove(v.config.tag)
         cand.status, cand.reason = status, reason
+        # A candidate that never settled still tells the search its error rate and (past the ramp) its power.
         if v.rows and cand.error_pct is None:
             est = error_estimate(v.rows)
             cand.error_pct = None if est is None else est.value
-        if v.rows and (cand.power is None or status is not Status.OVER_LIMIT):
-            powers = [x[_POWER] for x in v.rows[1:] if x[_POWER] is not None]
-            if powers and cand.power is None:
-                cand.power = sum(powers) / len(powers)
+        powers = [x[_POWER] for x in v.rows[1:] if x[_POWER] is not None]
+        if powers and cand.power is None:
+            cand.power = sum(powers) / len(powers)
         if status is Status.STABLE:
             self._promote(v.config.tag)
         outcome = status.value + (f": {reason}" if reason else "")
@@ -778,9 +775,7 @@ class Tuner:
         """Everything needed to resume after a restart (the visit in progress is measured again)."""
         return {
             "version": 1, "miner": self.miner, "tune_id": self.tune_id, "plan": self.plan.to_dict(),
-            "board": _board_dict(self.board), "pre": self.pre.tag,
-            "grid": {"frequencies": list(self.search.grid.frequencies), "voltages": list(self.search.grid.voltages)},
-            "candidates": [c.to_dict() for c in self.search.candidates.values()],
+            "board": _board_dict(self.board), "pre": self.pre.tag, **self.search.to_dict(),
             "phase": self.phase.value, "started": self.started, "spent": self.spent, "last_t": self.last_t,
             "visits": [v.to_dict() for v in self.visits], "leader": self.leader,
             "second_phase": self.second_phase, "best_j": self._best_j, "finalists": self.finalists,
@@ -797,11 +792,7 @@ class Tuner:
         t = cls.__new__(cls)
         t.miner, t.tune_id, t.plan, t.board = d["miner"], d["tune_id"], plan, board
         t.pre = ClockConfig.parse(d["pre"])
-        grid = Grid(tuple(d["grid"]["frequencies"]), tuple(int(v) for v in d["grid"]["voltages"]))
-        t.search = Search(board, plan, grid)
-        for c in d["candidates"]:
-            cand = Candidate.from_dict(c)
-            t.search.candidates[cand.config.tag] = cand
+        t.search = Search.from_dict(board, plan, d)
         t.phase = Phase(d["phase"])
         t.started, t.spent, t.last_t = d["started"], d["spent"], d["last_t"]
         t.visits = [Visit.from_dict(v) for v in d["visits"]]

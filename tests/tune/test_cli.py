@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from bridge.tune.cli import Display
+from bridge.tune.tuner import TuneStatus
 from simulator.server import Fleet, SimMinerSpec
 
 ROOT = Path(__file__).parent.parent.parent
@@ -60,3 +64,34 @@ async def test_sigterm_restores_the_pre_tune_config_and_the_next_run_resumes_the
         first_visits = {v["config"] for v in saved["tuner"]["visits"]}
         assert first_visits <= {e["config"] for e in summary["entries"] if e["visits"]}
         assert (model.frequency, model.core_voltage) == (525, 1150)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def status(candidate: str, stage: str, progress: float) -> TuneStatus:
+    return TuneStatus(miner="g1", state="explore", candidate=candidate, stage=stage, elapsed_s=600.0,
+                      eta_s=1200.0, progress=progress, leader="400@1000", leader_value=13.1, leader_lo=12.9,
+                      leader_hi=13.3, unit="J/TH", tried=3, remaining=20)
+
+
+def test_progress_redraws_bars_on_a_terminal_and_prints_changes_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    tty = _Terminal()
+    shown = Display(tty, ["g1", "g2"], time_scale=10.0)
+    assert shown.live
+    shown.show({"g1": status("490@1000", "warming up", 0.25)})
+    shown.show({"g1": status("490@1000", "measuring", 0.5)})
+    text = tty.getvalue()
+    assert text.count("\x1b[2F") == 1  # the second drawing moves up over the first two lines
+    assert "g1 [########........]  50% ETA  2m  measuring 490@1000" in text  # 1200 s at 10x: 2 min
+    assert "best 400@1000 13.10±0.20 J/TH\n" in text and "g2: not started" in text
+    plain = io.StringIO()
+    lines = Display(plain, ["g1"])
+    assert not lines.live
+    for _ in range(3):
+        lines.show({"g1": status("490@1000", "measuring", 0.5)})
+    lines.show({"g1": status("525@1000", "warming up", 0.6)})
+    assert len(plain.getvalue().splitlines()) == 2 and "\x1b" not in plain.getvalue()  # a line per change
