@@ -173,6 +173,7 @@ class BridgeConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
     health: HealthConfig = Field(default_factory=HealthConfig)
+    tune_dir: Path | None = Field(Path("data/tune"), description="auto-tune state, one JSON file per miner (resume)")
 
     @field_validator("log_level", mode="before")
     @classmethod
