@@ -157,11 +157,17 @@ class MinerClient:
                 self._board_key = key
             doc = None
             if self.live:
-                doc = pydantic_core.from_json(body)
-                for update in pushed:
-                    doc = merge(doc, update)
-                if pushed:
-                    info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
+                try:
+                    doc = pydantic_core.from_json(body)
+                except ValueError:
+                    # parse_info took it (it tolerates e.g. a lone UTF-16 surrogate in a damaged string):
+                    # no base to merge pushes into until a poll brings a clean document.
+                    doc = None
+                if doc is not None:
+                    for update in pushed:
+                        doc = merge(doc, update)
+                    if pushed:
+                        info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
             reading = to_reading(info, self.board, self.name, self.host, now)
         finally:
             self._in_flight.remove(pushed)

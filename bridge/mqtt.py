@@ -273,8 +273,6 @@ class MqttBridge:
                         # messages until the broker goes away.
                         raise_if_cancelling()
                         self.connected.set()
-                        self.since = time.time()
-                        self.connections += 1
                         backoff = 1.0
                         log.info("mqtt: connected to %s (prefix %s)", where, self.mqtt.prefix)
                         async for message in client.messages:
@@ -285,7 +283,7 @@ class MqttBridge:
                             await self._goodbye(client)
                         raise
                     finally:
-                        if self.connected.is_set():
+                        if self.client is not None:  # was connected: down from now on
                             self.since = time.time()
                         self.client = None
                         self.connected.clear()
@@ -308,6 +306,9 @@ class MqttBridge:
                 await client.subscribe(topic, qos=1)
         await client.publish(t.bridge_availability, "online", qos=1, retain=True)
         self.client = client  # from here on, readings are published as they come
+        # Counted here, not after the republish below: the bridge state published meanwhile says connected.
+        self.since = time.time()
+        self.connections += 1
         await self._republish(client)
 
     async def _republish(self, client: aiomqtt.Client) -> None:
