@@ -38,7 +38,17 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class LogSink:
+class SinkBase:
+    """For sinks with nothing to open at the start or to flush at the end."""
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LogSink(SinkBase):
     """Logs one line per reading (INFO) and each kind of implausible value once per miner (WARNING)."""
 
     name = "log"
@@ -46,9 +56,6 @@ class LogSink:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("bitaxe.readings")
         self.implausible = ProblemLog(self.log)
-
-    async def start(self) -> None:
-        return None
 
     async def handle(self, item: Item) -> None:
         if isinstance(item, Reading):
@@ -64,9 +71,6 @@ class LogSink:
                 )
         else:
             self.log.info("%-12s event %s: %s", item.miner, item.kind, item.message)
-
-    async def aclose(self) -> None:
-        return None
 
 
 class SinkQueue:

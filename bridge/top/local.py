@@ -11,6 +11,7 @@ from bridge.config import BridgeConfig
 from bridge.daemon import Bridge, make_session
 from bridge.discovery import state_document
 from bridge.reading import Event, Reading
+from bridge.sinks import SinkBase
 from bridge.top.model import Board, FleetModel, Limits, Outcome
 from bridge.tour import run_tour
 
@@ -22,19 +23,13 @@ def standalone(cfg: BridgeConfig) -> BridgeConfig:
                                   "health_file": None})
 
 
-class ModelSink:
+class ModelSink(SinkBase):
     """A Sink that hands readings and events to the dashboard's model."""
 
     name = "top"
 
     def __init__(self, model: FleetModel) -> None:
         self.model = model
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
     async def handle(self, item: Reading | Event) -> None:
         if isinstance(item, Reading):

@@ -29,6 +29,7 @@ from bridge.commands import CommandPayload, CommandRejected, Guard, PollerView, 
 from bridge.config import BridgeConfig
 from bridge.discovery import TUNE_FIRMWARE, firmware_version
 from bridge.reading import ClockConfig, Event, Reading
+from bridge.sinks import SinkBase
 from bridge.tune.plan import Goal, Plan, TuneRequest
 from bridge.tune.summary import Summary
 from bridge.tune.tuner import Action, Apply, Done, Phase, Record, Tuner, TuneStatus
@@ -57,7 +58,7 @@ class Job:
     saved_at: float = 0.0
 
 
-class TuneService:
+class TuneService(SinkBase):
     """See the module docstring. `time_scale`: tune seconds per wall second (a time-scaled simulator)."""
 
     name = "tune"
@@ -78,12 +79,6 @@ class TuneService:
         self._ready = asyncio.Event()
 
     # ---- the Sink protocol ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
     async def handle(self, item: Reading | Event) -> None:
         job = self.jobs.get(item.miner)
         if job is not None and not job.finished.is_set():
