@@ -30,10 +30,12 @@ test: servers setup lint
 bench: setup
 	$(BIN)/python bench/poll.py --write
 	$(BIN)/python bench/mqtt.py --write
+	$(BIN)/python bench/live.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
 	$(BIN)/python -m bench.scaling --write-docs
 	$(BIN)/python -m bench.prometheus --write
+	$(BIN)/python -m bench.tune --write
 
 # The wheel the Home Assistant add-on's image installs (addon/Dockerfile); rebuild it for every release. A fixed
 # SOURCE_DATE_EPOCH makes the same sources give the same bytes, so the wheel only changes when the code does.

@@ -89,6 +89,18 @@ class Estimate:
                 "note": self.note}
 
 
+def mean_estimate(x: np.ndarray) -> Estimate:
+    """The mean of independent values with its t interval (NaNs ignored); the tuner's error-rate check."""
+    x = x[~np.isnan(x)]
+    m = x.size
+    if m == 0:
+        return Estimate(math.nan, note="no data")
+    mean = float(x.mean())
+    if m < MIN_BATCHES:
+        return Estimate(mean, batches=m, note="too little data for an interval")
+    return Estimate(mean, se=float(x.std(ddof=1)) / math.sqrt(m), df=m - 1, batches=m)
+
+
 def _clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 

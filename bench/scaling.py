@@ -80,7 +80,8 @@ def run_instances(groups: list[tuple[str | None, list[tuple[int, str]]]], work: 
         work.mkdir(parents=True, exist_ok=True)
         cfg = _config(work, name, hosts, mosquitto.port, influx.url)
         log = open(work / f"{name or 'one'}.log", "ab")
-        procs.append(subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "bridge.cli", "run", "--config", str(cfg)],
+        cmd = [sys.executable, "-X", "faulthandler", "-m", "bridge.cli", "run", "--config", str(cfg)]
+        procs.append(subprocess.Popen(cmd,
                                       cwd=work, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log, stderr=log))
     try:
         time.sleep(warmup)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 from pathlib import Path
@@ -12,16 +13,17 @@ import click
 
 from bridge import __version__
 from bridge.config import BridgeConfig, ConfigError, load_config, parse_config
+from bridge.tune.plan import Goal
 
 log = logging.getLogger("bitaxe.cli")
 
 DEMO_FLEET = (  # (board family, firmware): several ASIC models and firmware generations
     ("Gamma", "2.15.0"),
     ("Supra", "2.12.0"),
-    ("Ultra", "2.9.0"),
-    ("Max", "2.6.0"),
-    ("GammaTurbo", "2.15.0"),
-    ("Hex", "2.12.0"),
+    ("Ultra", "2.15.0"),
+    ("Max", "2.6.0"),  # too old to tune (no error rate): the demo says so
+    ("GammaTurbo", "2.12.0"),
+    ("Hex", "2.9.0"),
 )
 
 
@@ -83,6 +85,8 @@ def _prepare_paths(cfg: BridgeConfig) -> None:
         dirs.append(("influxdb.spool_dir", cfg.influxdb.spool_dir))
     if cfg.health_file is not None:
         dirs.append(("health_file", cfg.health_file.parent))
+    if cfg.tune_dir is not None:
+        dirs.append(("tune_dir", cfg.tune_dir))
     problems = []
     for field, d in dirs:
         try:
@@ -272,33 +276,40 @@ def top(config_path: str, attach: bool, mqtt_addr: str | None, prefix: str | Non
         sys.exit(app.return_code)
 
 
-@main.command(short_help="Run the bridge against a simulated fleet (no hardware needed).")
+@main.command(short_help="Run the bridge against a simulated fleet and tune it (no hardware needed).")
 @click.option("--miners", "-n", default=4, show_default=True, type=click.IntRange(1, 1000),
               help="How many simulated miners (boards and firmware versions cycle).")
 @click.option("--duration", default=None, type=click.FloatRange(min=1),
               help="Stop after this many seconds (default: until Ctrl-C).")
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.2),
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.2),
               help="Poll interval, seconds.")
 @click.option("--data-dir", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Where the demo writes its SQLite store (DATA_DIR/demo.db) and heartbeat (health.json).")
+              help="Where the demo writes its SQLite store (DATA_DIR/demo.db), tune states and heartbeat.")
 @click.option("--mqtt", "mqtt_addr", default=None, metavar="HOST:PORT",
               help="Also publish to this MQTT broker (with Home Assistant discovery); port 1883 if left out.")
 @click.option("--time-scale", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Simulated seconds per real second (thermal lag plays out faster).")
+@click.option("--tune", "tune_goal", default=Goal.EFFICIENCY.value, show_default=True,
+              type=click.Choice([*(g.value for g in Goal), "off"]),
+              help="Auto-tune every simulated miner whose firmware allows it for this goal, show the progress "
+                   "and each recommendation, then go on polling; off: step through configs with --tour.")
 @click.option("--tour", "tour_every", default=120.0, show_default=True, type=click.FloatRange(min=0),
-              help="Every this many seconds, step each miner to another of its allowed clock configs "
-                   "through the command guard, so the analyzer has configs to compare (0: off).")
+              help="With --tune off: every this many seconds, step each miner to another of its allowed clock "
+                   "configs through the command guard, so the analyzer has configs to compare (0: off).")
 @click.option("--top/--log", "top_view", default=None,
-              help="Show the fleet in the terminal dashboard, or log readings  [default: the dashboard when "
-                   "stdout is a terminal].")
+              help="Show the fleet in the terminal dashboard, or log readings and the tunes' progress  [default: "
+                   "the dashboard when stdout is a terminal].")
 def demo(miners: int, duration: float | None, interval: float, data_dir: str, mqtt_addr: str | None,
-         time_scale: float, tour_every: float, top_view: bool | None) -> None:
-    """Start a simulated fleet and run the bridge against it: nothing else needed.
+         time_scale: float, tune_goal: str, tour_every: float, top_view: bool | None) -> None:
+    """Start a simulated fleet, run the bridge against it and auto-tune it: nothing else needed.
 
-    Readings are logged as they arrive and stored in DATA_DIR/demo.db. After 8-10 minutes:
-    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 5s --min-warmup 20s --out report/`
-    (the simulated clock runs TIME_SCALE times faster: warm-ups are that much shorter, and uptime
-    advances that much faster, which longer bins would read as restarts).
+    Each tunable miner is tuned at once (the progress shows on stderr), and its recommendation is
+    printed as soon as its tune ends, within a few minutes at the default time scale. Readings, and
+    every candidate's measurement as a session, are stored in DATA_DIR/demo.db; then:
+    `bitaxe-analyze report --source sqlite:DATA_DIR/demo.db --bin 2s --warmup 10s --out report/`
+    (the simulated clock runs TIME_SCALE times faster: warm-ups and a tune's visits are that much
+    shorter, and uptime advances that much faster, which longer bins would read as restarts).
+    With --tune off the clock tour runs instead; after 8-10 minutes use --bin 5s --min-warmup 20s.
     """
     mqtt = parse_broker(mqtt_addr) if mqtt_addr else None
     try:
@@ -306,20 +317,25 @@ def demo(miners: int, duration: float | None, interval: float, data_dir: str, mq
     except OSError as exc:
         raise click.BadParameter(f"cannot create {data_dir} ({exc.strerror or exc}); choose a writable directory",
                                  param_hint="--data-dir") from None
+    tuning = tune_goal != "off"
     top_view = sys.stdout.isatty() if top_view is None else top_view
     if top_view:
         # The dashboard owns the terminal: the log goes to a file beside the store.
         logging.basicConfig(level=logging.INFO, filename=Path(data_dir) / "demo.log",
                             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     else:
-        _setup_logging("INFO")
-    code = asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale, tour_every, top_view))
+        _setup_logging("WARNING" if tuning and sys.stderr.isatty() else "INFO")
+    code = asyncio.run(_demo(miners, duration, interval, Path(data_dir), mqtt, time_scale,
+                             Goal(tune_goal) if tuning else None, tour_every, top_view))
     if code:
         sys.exit(code)
 
 
 async def _demo(n: int, duration: float | None, interval: float, data_dir: Path, mqtt: tuple[str, int] | None,
-                time_scale: float, tour_every: float, top_view: bool = False) -> int:
+                time_scale: float, goal: Goal | None, tour_every: float, top_view: bool = False) -> int:
+    from bridge.daemon import Bridge, run_until_stopped
+    from bridge.tune.cli import Display, run_tunes
+    from bridge.tune.plan import Plan
     from simulator.server import Fleet, SimMinerSpec
 
     specs = [SimMinerSpec(board=DEMO_FLEET[i % len(DEMO_FLEET)][0], firmware=DEMO_FLEET[i % len(DEMO_FLEET)][1],
@@ -329,18 +345,47 @@ async def _demo(n: int, duration: float | None, interval: float, data_dir: Path,
             click.echo(f"simulated {spec.board:<10} firmware {spec.firmware:<7} at {url}", err=True)
         names = [s.name or f"sim-{i + 1}" for i, s in enumerate(specs)]
         cfg = demo_config(names, fleet.hosts, interval, data_dir, mqtt)
-        if not top_view:
+        if goal is not None:
+            for old in (data_dir / "tune").glob("*.json"):  # every demo starts afresh
+                old.unlink()
+        db = data_dir / "demo.db"
+        opts = f"--source sqlite:{db} --bin 2s --warmup 10s"
+        if top_view:
+            from bridge.top.app import TopApp
+            from bridge.top.local import LocalSource
+
+            async def tune_quietly(bridge: Bridge) -> None:  # the dashboard shows each tune's state and summary
+                assert goal is not None
+                await run_tunes(bridge, names, Plan(goal=goal), Display(io.StringIO(), names, time_scale))
+
+            app = TopApp(LocalSource(cfg, tour_every=None if goal else tour_every or None,
+                                     main=tune_quietly if goal else None,
+                                     description=f"demo: {n} simulated miners, stored in {db}"
+                                     + (f", tuning for {goal.value}" if goal else "")))
+            if duration is not None:
+                asyncio.get_running_loop().call_later(duration, app.exit)
+            await app.run_async()
+            if goal is not None:
+                click.echo(f"Every candidate's measurement is a session in {db}:\n"
+                           f"  .venv/bin/bitaxe-analyze rank {opts}\n"
+                           f"  .venv/bin/bitaxe-analyze report {opts} --out report/")
+            return app.return_code or 0
+        if goal is None:
             await _run(cfg, log_readings=True, duration=duration, tour_every=tour_every or None)
             return 0
-        from bridge.top.app import TopApp
-        from bridge.top.local import LocalSource
 
-        app = TopApp(LocalSource(cfg, tour_every=tour_every or None,
-                                 description=f"demo: {n} simulated miners, stored in {data_dir / 'demo.db'}"))
-        if duration is not None:
-            asyncio.get_running_loop().call_later(duration, app.exit)
-        await app.run_async()
-        return app.return_code or 0
+        async def main(bridge: Bridge) -> None:
+            display = Display(sys.stderr, names, time_scale)
+            await run_tunes(bridge, names, Plan(goal=goal), display,
+                            on_done=lambda summary: click.echo(summary.table() + "\n"))
+            click.echo(f"Every candidate's measurement is a session in {db}; the analyzer ranks and reports them "
+                       f"like any other history (a tune's visits are a minute or two of the demo's fast clock):\n"
+                       f"  .venv/bin/bitaxe-analyze rank {opts}\n  .venv/bin/bitaxe-analyze report {opts} "
+                       "--out report/\nThe bridge goes on polling; Ctrl-C to stop.")
+            await asyncio.Event().wait()
+
+        await run_until_stopped(cfg, duration=duration, time_scale=time_scale, main=main)
+        return 0
 
 
 def parse_broker(addr: str) -> tuple[str, int]:
@@ -362,11 +407,22 @@ def demo_config(names: list[str], hosts: list[str], interval: float, data_dir: P
         "poll_interval": interval,
         "sqlite": {"path": str(data_dir / "demo.db")},
         "health_file": str(data_dir / "health.json"),
+        "tune_dir": str(data_dir / "tune"),
+        # The simulated clock runs fast: a 10-s rate limit would hold a tune's step back for minutes.
+        "safety": {"min_command_interval": 1.0},
     }
     if mqtt is not None:
         raw["mqtt"] = {"host": mqtt[0], "port": mqtt[1]}
     return parse_config(raw, "demo")
 
+
+def _add_commands() -> None:
+    from bridge.tune.cli import tune
+
+    main.add_command(tune, "tune")
+
+
+_add_commands()
 
 if __name__ == "__main__":
     main()

@@ -194,6 +194,22 @@ def _decode(payload: bytes | str) -> str:
         raise CommandRejected("bad_payload", "payload is not UTF-8 text") from None
 
 
+def read_json(payload: bytes | str) -> Any:
+    """A JSON payload of a command topic, within the same limits as a command (size, depth, number length):
+    for handlers routed past the guard (the tuner's `set/tune`). Raises CommandRejected."""
+    text = _decode(payload)
+    _scan(text)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise CommandRejected("bad_payload", "payload is not JSON") from None
+
+
+def echo(setting: str | None, payload: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    """The request as received, for a result: whole up to ECHO_LIMIT characters, then summarised."""
+    return _echo(setting, payload)
+
+
 def _transaction(data: dict[Any, Any]) -> str | None:
     if "transaction" not in data:
         return None
@@ -535,7 +551,8 @@ class Guard:
     def release(self, miner: str) -> None:
         self.lockouts.pop(miner, None)
 
-    def _allow_custom(self, miner: str) -> bool:
+    def allows_custom(self, miner: str) -> bool:
+        """Whether this miner may get clocks off its board's option lists (up to the safety maxima)."""
         try:
             per_miner = self.cfg.miner(miner).allow_custom_clocks
         except KeyError:
@@ -546,7 +563,7 @@ class Guard:
     def _resolve(self, miner: str, cmd: CommandPayload, board: BoardInfo) -> CommandPayload:
         """The command with each clock value replaced by the exact value to send."""
         changes: dict[str, float | int] = {}
-        custom = self._allow_custom(miner)
+        custom = self.allows_custom(miner)
         for clock in _CLOCKS:
             value = getattr(cmd, clock.setting)
             if value is None:
@@ -638,7 +655,7 @@ class Guard:
         """What this guard lets through for one miner (`<prefix>/<miner>/capabilities`, for non-HA clients)."""
         board = reading.board
         safety = self.cfg.safety
-        custom = self._allow_custom(reading.miner)
+        custom = self.allows_custom(reading.miner)
         return {
             "miner": reading.miner,
             "miner_id": reading.miner_id,

@@ -36,6 +36,7 @@ class MinerConfig(_Strict):
     username: str | None = None  # HTTP basic auth, for firmware builds that add it
     password: SecretStr | None = None
     allow_custom_clocks: bool | None = None  # overrides safety.allow_custom_clocks for this miner
+    live_push: bool | None = None  # overrides http.live_push for this miner
 
     @field_validator("host")
     @classmethod
@@ -143,6 +144,7 @@ class HttpConfig(_Strict):
     offline_after: int = Field(5, ge=1, description="consecutive failures before a miner is offline")
     backoff_base: float = Field(1.0, ge=0.01, le=60, description="s before the first retry; doubles each failure")
     max_backoff: float = Field(60, ge=0.1, le=3600)
+    live_push: bool = Field(True, description="subscribe to /api/ws/live where the firmware has it (>= 2.14)")
 
 
 class HealthConfig(_Strict):
@@ -174,6 +176,7 @@ class BridgeConfig(_Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     health_file: Path | None = Field(Path("data/health.json"), description="heartbeat for `bitaxe-bridge health`")
     health: HealthConfig = Field(default_factory=HealthConfig)
+    tune_dir: Path | None = Field(Path("data/tune"), description="auto-tune state, one JSON file per miner (resume)")
 
     @field_validator("log_level", mode="before")
     @classmethod

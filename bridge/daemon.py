@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +22,7 @@ from bridge.poller import Poller
 from bridge.safety import Watchdog
 from bridge.sinks import Fanout, LogSink, Sink
 from bridge.store import STORE_QUEUE_SIZE, InfluxSink, build_store_sinks
+from bridge.tune.service import TuneService
 
 log = logging.getLogger("bitaxe.bridge")
 
@@ -29,11 +30,13 @@ log = logging.getLogger("bitaxe.bridge")
 class Bridge:
     """The running bridge: one aiohttp session, the poller, the fan-out to sinks, its own state report."""
 
-    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, log_readings: bool = False) -> None:
+    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, log_readings: bool = False,
+                 time_scale: float = 1.0) -> None:
         self.cfg = cfg
         self.started = time.time()
         self.fanout = Fanout()
-        self.poller = Poller(cfg, session, self.fanout.publish)
+        # Pushed readings reach MQTT and the watchdog; storage keeps the poll cadence (docs/firmware.md).
+        self.poller = Poller(cfg, session, self.fanout.publish, self.fanout.publish_live)
         reading_log = logging.getLogger("bitaxe.readings")
         if not log_readings:
             reading_log.setLevel(logging.WARNING)
@@ -46,11 +49,15 @@ class Bridge:
                 self.influx = sink
         # Every command (MQTT, the watchdog, sessions) goes through this one guard.
         self.guard = Guard(cfg, self.poller, self.fanout.publish)
-        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True)
+        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True, live=True)
+        # Auto-tunes (bridge/tune): time_scale > 1 only against a time-scaled simulator. Polled readings only:
+        # its statistics weight readings evenly in time, which pushes between polls would not.
+        self.tune = TuneService(cfg, self.poller, self.guard, self.fanout.publish, time_scale=time_scale)
+        self.fanout.add(self.tune, maxsize=10_000, drop_oldest=True)
         self.mqtt: MqttBridge | None = None
         if cfg.mqtt is not None:
-            self.mqtt = MqttBridge(cfg, self.guard)
-            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True)
+            self.mqtt = MqttBridge(cfg, self.guard, self.tune)
+            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live=True)
         if cfg.prometheus is not None:
             from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
 
@@ -83,6 +90,8 @@ class Bridge:
             "time": now, "started": self.started, "uptime": round(now - self.started, 1),
             "miners": len(self.poller.miners), "online": sum(1 for s in states if s.online),
             "polls": sum(s.polls for s in states), "poll_errors": sum(s.errors for s in states),
+            "live": sum(1 for s in states if s.live is not None and s.live.connected),
+            "live_updates": sum(s.live.messages for s in states if s.live is not None),
             "queued": sum(q.queue.qsize() for q in self.fanout.queues), "sinks": sinks,
             "mqtt_connected": None, "mqtt_since": None, "mqtt_seconds": None, "mqtt_connections": None,
             "mqtt_dropped": None, "spool_points": None, "spool_mb": None, "spool_oldest": None,
@@ -153,8 +162,10 @@ def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
 
 async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (), log_readings: bool = False,
                             stop: asyncio.Event | None = None, duration: float | None = None,
-                            tour_every: float | None = None) -> None:
-    """Run the bridge until SIGINT/SIGTERM, `stop` is set, or `duration` seconds pass; then shut down cleanly."""
+                            tour_every: float | None = None, time_scale: float = 1.0,
+                            main: Callable[[Bridge], Coroutine[object, object, None]] | None = None) -> None:
+    """Run the bridge until SIGINT/SIGTERM, `stop` is set, `duration` seconds pass or `main(bridge)` returns;
+    then shut down cleanly (an exception from `main` is raised after the shutdown)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -164,7 +175,7 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
         if cfg.mqtt is not None:
             await claim_miners(cfg)  # before the first poll: a miner another instance bridges is refused
         async with make_session(cfg) as session:
-            bridge = Bridge(cfg, session, log_readings=log_readings)
+            bridge = Bridge(cfg, session, log_readings=log_readings, time_scale=time_scale)
             for sink in extra_sinks:
                 bridge.add_sink(sink)
             task = asyncio.create_task(bridge.run(), name="bridge")
@@ -174,10 +185,16 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
 
                 tour = asyncio.create_task(run_tour(bridge.poller, bridge.guard, tour_every), name="tour")
             waiter = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({task, waiter}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            job: asyncio.Task[None] | None = asyncio.create_task(main(bridge), name="main") if main else None
+            done, _ = await asyncio.wait({task, waiter} | ({job} if job else set()), timeout=duration,
+                                         return_when=asyncio.FIRST_COMPLETED)
             if task in done:
                 task.result()  # a crash in the bridge itself: surface it
             log.info("stopping: flushing sinks")
+            if job is not None and not job.done():
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             if tour is not None:
                 tour.cancel()
             task.cancel()
@@ -187,6 +204,8 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
             if tour is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await tour
+            if job is not None and job.done() and not job.cancelled():
+                job.result()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):

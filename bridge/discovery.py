@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from bridge.metrics import METRICS, Metric, Value, state_values
 from bridge.reading import BoardInfo, Reading, fmt_number
+from bridge.tune.plan import Goal
 
 ORIGIN: dict[str, str] = {
     "name": "bitaxe-bridge",
@@ -83,6 +84,8 @@ class Topics:
 
     def capabilities(self, miner: str) -> str:
         return f"{self.prefix}/{miner}/capabilities"
+    def tune(self, miner: str) -> str:
+        return f"{self.prefix}/{miner}/tune"
 
     def set(self, miner: str, setting: str | None = None) -> str:
         return f"{self.prefix}/{miner}/set" + (f"/{setting}" if setting else "")
@@ -103,7 +106,7 @@ class Topics:
         return None
 
 
-ControlComponent = Literal["select", "number", "switch", "button"]
+ControlComponent = Literal["select", "number", "switch", "button", "sensor"]
 
 
 def _freq_options(board: BoardInfo) -> tuple[str, ...]:
@@ -134,8 +137,16 @@ class Control:
     entity_category: str | None = None
     min_firmware: tuple[int, int] | None = None  # the firmware version that has the endpoint
     enabled_by_default: bool = True
+    command: str | None = None  # the set/<command> topic when it is not `key` (buttons sharing a topic)
+    press: str = "PRESS"  # what a button sends
+    topic: Literal["state", "tune"] = "state"  # the topic that carries its current value; a sensor only shows it
 
 
+def _tune_goals(board: BoardInfo) -> tuple[str, ...]:
+    return tuple(g.value for g in Goal)
+
+
+TUNE_FIRMWARE = (2, 12)  # the tuner needs the error rate of firmware >= 2.12
 CONTROLS: tuple[Control, ...] = (
     # '%g' renders 525.0 as "525", matching the option strings the select offers.
     Control("frequency", "Frequency", "select", "frequency", None,
@@ -152,6 +163,23 @@ CONTROLS: tuple[Control, ...] = (
     Control("restart", "Restart", "button", device_class="restart", entity_category="config"),
     Control("identify", "Identify", "button", device_class="identify", entity_category="config",
             min_firmware=(2, 12)),
+    # The auto-tune (docs/tune.md): what to tune for, start and stop, and what the tune is doing.
+    Control("tune_goal", "Tune goal", "select", "goal", None, "{{ value_json.goal }}", _tune_goals,
+            icon="mdi:target", entity_category="config", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_start", "Start tune", "button", command="tune", press="start", icon="mdi:play",
+            entity_category="config", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_stop", "Stop tune", "button", command="tune", press="stop", icon="mdi:stop",
+            entity_category="config", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_state", "Tune state", "sensor", "state", None, "{{ value_json.state }}",
+            icon="mdi:tune-vertical", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_candidate", "Tune candidate", "sensor", "candidate", None, "{{ value_json.candidate }}",
+            icon="mdi:tune", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_progress", "Tune progress", "sensor", "progress", None, "{{ value_json.progress }}",
+            unit="%", icon="mdi:progress-clock", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_eta", "Tune time left", "sensor", "eta_s", None, "{{ value_json.eta_s }}", unit="s",
+            device_class="duration", min_firmware=TUNE_FIRMWARE, topic="tune"),
+    Control("tune_best", "Tune best so far", "sensor", "best", None, "{{ value_json.best }}",
+            icon="mdi:trophy", min_firmware=TUNE_FIRMWARE, topic="tune"),
 )
 CONTROLS_BY_KEY: dict[str, Control] = {c.key: c for c in CONTROLS}
 
@@ -293,16 +321,17 @@ def metric_config(ident: MinerIdentity, topics: Topics, m: Metric) -> Payload:
 
 def control_config(ident: MinerIdentity, topics: Topics, c: Control) -> Payload:
     p = _common(ident, topics, c.component, c.key, c.name)
-    p["command_topic"] = topics.set(ident.name, c.key)
+    if c.component != "sensor":
+        p["command_topic"] = topics.set(ident.name, c.command or c.key)
     if c.state_key is not None:
-        p["state_topic"] = topics.state(ident.name)
+        p["state_topic"] = topics.tune(ident.name) if c.topic == "tune" else topics.state(ident.name)
         p["value_template"] = c.value_template
     if c.options_fn is not None:
         p["options"] = list(c.options_fn(ident.board))
     if c.component == "number":
         _put(p, min=c.minimum, max=c.maximum, step=c.step, mode="slider")
     if c.component == "button":
-        p["payload_press"] = "PRESS"
+        p["payload_press"] = c.press
     _put(p, unit_of_measurement=c.unit, icon=c.icon, device_class=c.device_class,
          entity_category=c.entity_category)
     p["enabled_by_default"] = c.enabled_by_default

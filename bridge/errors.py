@@ -29,3 +29,8 @@ class MinerDataError(MinerError):
     def __init__(self, miner: str, host: str, path: str, problem: str) -> None:
         super().__init__(miner, host, f"{path} {problem}")
         self.path = path
+
+
+def describe(exc: BaseException) -> str:
+    """"ServerDisconnectedError: Server disconnected", or the type alone when the error says nothing more."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import pydantic_core
 
 from bridge.config import HttpConfig, MinerConfig, reveal
-from bridge.errors import MinerDataError, MinerError, MinerHTTPError, MinerUnreachable
+from bridge.errors import MinerDataError, MinerError, MinerHTTPError, MinerUnreachable, describe
 from bridge.firmware import SystemInfo, board_from_info, parse_asic, parse_info, to_reading
+from bridge.live import merge
 from bridge.reading import BoardInfo, Reading
 
 __all__ = ["MinerClient", "MinerDataError", "MinerError", "MinerHTTPError", "MinerUnreachable"]
@@ -34,10 +36,6 @@ class _Answer:
         return f"{self.received} of {self.length} bytes of the answer"
 
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 class MinerClient:
     """One miner. Shares the bridge's aiohttp session; every request has a timeout and a body size cap."""
 
@@ -56,6 +54,11 @@ class MinerClient:
             self.headers["Authorization"] = f"Basic {token}"
         self.board: BoardInfo | None = None
         self.info: SystemInfo | None = None  # last good /api/system/info, for firmware quirks on writes
+        # Live push (bridge/live.py): the last good document with the pushed changes merged in, and for each
+        # read in flight the updates pushed meanwhile, which may be newer than what it returns.
+        self.live = False  # set by whoever subscribes to the miner's live push
+        self.doc: dict[str, Any] | None = None
+        self._in_flight: list[list[dict[str, Any]]] = []
         self._board_key: tuple[str, str] | None = None  # (firmware, ASIC) the cached board belongs to
         self._last_uptime = 0.0
 
@@ -88,16 +91,16 @@ class MinerClient:
                     ConnectionError) as exc:
                 if answer.status is not None:
                     raise self._err(MinerUnreachable, f"{method} {path}: the connection broke after {answer.progress} "
-                                    f"({_reason(exc)}); retried at the next poll; if this repeats, check the miner's "
+                                    f"({describe(exc)}); retried at the next poll; if this repeats, check the miner's "
                                     "Wi-Fi signal") from None
                 if retries:
                     retries -= 1
                     continue
                 raise self._err(MinerUnreachable, f"{method} {path}: the miner closed the connection without "
-                                f"answering ({_reason(exc)}); it may be restarting, or all its HTTP sockets are taken "
+                                f"answering ({describe(exc)}); it may be restarting, or all its HTTP sockets are taken "
                                 "(close AxeOS tabs and other pollers)") from None
             except aiohttp.ClientError as exc:
-                raise self._err(MinerUnreachable, f"{method} {path} failed: {_reason(exc)}") from None
+                raise self._err(MinerUnreachable, f"{method} {path} failed: {describe(exc)}") from None
 
     async def _exchange(self, method: str, path: str, body: dict[str, Any] | None, budget: float,
                         answer: _Answer) -> tuple[int, bytes]:
@@ -137,26 +140,71 @@ class MinerClient:
                              + (f' ("{text}")' if text else ""), status)
 
     async def read(self) -> Reading:
-        status, body = await self._request("GET", "/api/system/info")
-        self._check_status(status, "/api/system/info", body)
-        now = time.time()
-        info = parse_info(body, self.name, self.host)
-        # Board facts are cached: refreshed when the firmware changes or the miner restarted
-        # (uptime went backwards), since a reflash can change asicCount and the option lists. A board
-        # the table stood in for (a refused /api/system/asic reply) is asked for again.
-        key = (info.version, info.asic_model)
-        restarted = info.uptime is not None and info.uptime < self._last_uptime
-        if self.board is None or self.board.source == "fallback" or key != self._board_key or restarted:
-            self.board = await self._read_board(info)
-            self._board_key = key
+        pushed: list[dict[str, Any]] = []
+        self._in_flight.append(pushed)
+        try:
+            status, body = await self._request("GET", "/api/system/info")
+            self._check_status(status, "/api/system/info", body)
+            now = time.time()
+            info = parse_info(body, self.name, self.host)
+            # Board facts are cached: refreshed when the firmware changes or the miner restarted
+            # (uptime went backwards), since a reflash can change asicCount and the option lists. A board
+            # the table stood in for (a refused /api/system/asic reply) is asked for again.
+            key = (info.version, info.asic_model)
+            restarted = info.uptime is not None and info.uptime < self._last_uptime
+            if self.board is None or self.board.source == "fallback" or key != self._board_key or restarted:
+                self.board = await self._read_board(info)
+                self._board_key = key
+            doc = None
+            if self.live:
+                try:
+                    doc = pydantic_core.from_json(body)
+                except ValueError:
+                    # parse_info took it (it tolerates e.g. a lone UTF-16 surrogate in a damaged string):
+                    # no base to merge pushes into until a poll brings a clean document.
+                    doc = None
+                if doc is not None:
+                    for update in pushed:
+                        doc = merge(doc, update)
+                    if pushed:
+                        info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
+            reading = to_reading(info, self.board, self.name, self.host, now)
+        finally:
+            self._in_flight.remove(pushed)
         if info.uptime is not None:
             self._last_uptime = info.uptime
         self.info = info
-        return to_reading(info, self.board, self.name, self.host, now)
+        self.doc = doc
+        return reading
+
+    def read_pushed(self, update: dict[str, Any], now: float) -> Reading | None:
+        """A live push's changes merged into the miner's document, read exactly like a polled one.
+
+        The document takes the update even when the reading fails its checks: it mirrors what the miner
+        holds, as a poll would. None when the push shows a restart or another firmware or ASIC: the board
+        facts must be read again, by a poll.
+        """
+        if self.doc is None or self.board is None:
+            return None
+        self.doc = doc = merge(self.doc, update)
+        for pushed in self._in_flight:
+            pushed.append(update)
+        # Back to JSON for the very function that reads polls (pydantic_core: 4x json.dumps's speed).
+        info = parse_info(pydantic_core.to_json(doc), self.name, self.host)
+        restarted = info.uptime is not None and info.uptime < self._last_uptime
+        if (info.version, info.asic_model) != self._board_key or restarted:
+            return None
+        reading = to_reading(info, self.board, self.name, self.host, now)
+        if info.uptime is not None:
+            self._last_uptime = info.uptime
+        self.info = info
+        return reading
 
     async def _read_board(self, info: SystemInfo) -> BoardInfo:
         status, body = await self._request("GET", "/api/system/asic")
-        if status == 404:  # firmware < 2.9: no /api/system/asic; asicCount is still in /info
+        # Firmware < 2.9 has no /api/system/asic (asicCount is still in /info): 404, or on v2.6-2.8, which have
+        # no /api/* catch-all, the web UI's redirect to "/" (redirects are not followed).
+        if status == 404 or 300 <= status < 400:
             return board_from_info(info, self.name, self.host)
         self._check_status(status, "/api/system/asic", body)
         return parse_asic(body, self.name, self.host, info, self.board)

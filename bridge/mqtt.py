@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import socket
@@ -39,6 +40,8 @@ from bridge.discovery import (
 )
 from bridge.fleet import Claim, check_claims, foreign, read_retained
 from bridge.reading import Event, Reading
+from bridge.tune.service import COMMANDS as TUNE_COMMANDS
+from bridge.tune.service import TuneService
 
 log = logging.getLogger("bitaxe.mqtt")
 
@@ -129,7 +132,7 @@ class MqttBridge:
 
     name = "mqtt"
 
-    def __init__(self, cfg: BridgeConfig, guard: Guard | None = None) -> None:
+    def __init__(self, cfg: BridgeConfig, guard: Guard | None = None, tune: TuneService | None = None) -> None:
         if cfg.mqtt is None:
             raise ValueError("MqttBridge needs an mqtt: section in the config")
         self.cfg = cfg
@@ -137,6 +140,9 @@ class MqttBridge:
         self.topics = topics_for(self.mqtt, cfg.instance)
         self.claims: dict[str, Claim] = {}  # the miners this instance bridges, as claimed on the broker
         self.guard = guard
+        self.tune = tune  # set/tune and set/tune_goal go here; its state goes to <prefix>/<miner>/tune
+        if tune is not None:
+            tune.listeners.append(self._tune_changed)
         self.miners: tuple[str, ...] = tuple(m.name for m in cfg.miners)
         self.latest: dict[str, Reading] = {}
         self.online: dict[str, bool] = {}
@@ -154,6 +160,9 @@ class MqttBridge:
         self._tasks: set[asyncio.Task[None]] = set()
         if guard is not None:
             guard.listen(self._on_result)
+        if tune is not None:
+            for setting in TUNE_COMMANDS:
+                self.route(setting, functools.partial(self._tune_command, setting=setting))
 
     def route(self, setting: str, handler: Handler) -> None:
         """Send `<prefix>/<miner>/set/<setting>` to `handler` instead of the guard (e.g. a tuner's own topic).
@@ -196,6 +205,9 @@ class MqttBridge:
             await self._publish(self.topics.availability(item.miner), item.kind, qos=1, retain=True)
         elif item.kind == "command":
             return  # every result, also those not stored, comes from the guard's listener (_on_result)
+        elif item.kind == "tune":  # a tune's summary: the outcome of the tune command
+            doc = {"miner": item.miner, "kind": "tune", "summary": item.data, "message": item.message}
+            await self._publish(self.topics.result(item.miner), json.dumps(doc, default=str), qos=1)
         else:
             when = datetime.fromtimestamp(item.time, UTC).isoformat(timespec="milliseconds")
             doc = {"kind": item.kind, "message": item.message, "time": when, "data": item.data}
@@ -280,7 +292,7 @@ class MqttBridge:
                             await self._goodbye(client)
                         raise
                     finally:
-                        if self.connected.is_set():
+                        if self.client is not None:  # was connected: down from now on
                             self.since = time.time()
                         self.client = None
                         self.connected.clear()
@@ -325,6 +337,8 @@ class MqttBridge:
             if reading is not None:
                 await self._publish_capabilities(client, reading)
                 await client.publish(self.topics.state(miner), _dumps(state_document(reading)), retain=True)
+            if self.tune is not None:
+                await client.publish(self.topics.tune(miner), _dumps(self.tune.document(miner)), retain=True)
 
     async def _publish_all(self, client: aiomqtt.Client, configs: dict[str, Payload]) -> None:
         for topic, payload in configs.items():
@@ -425,6 +439,15 @@ class MqttBridge:
             await self.guard.submit(miner, payload, setting, source="mqtt")
         except Exception:
             log.exception("mqtt: command for %s on setting %s failed", miner[:40], (setting or "")[:40])
+
+    async def _tune_command(self, miner: str, payload: bytes, *, setting: str) -> None:
+        assert self.tune is not None
+        await self._publish(self.topics.result(miner[:200]), _dumps(self.tune.command(miner, setting, payload)),
+                            qos=1)
+
+    def _tune_changed(self, miner: str) -> None:
+        if self.tune is not None and miner in self.miners and self.client is not None:
+            self._spawn(self._publish(self.topics.tune(miner), _dumps(self.tune.document(miner)), retain=True))
 
     async def publish_bridge_state(self, state: dict[str, Any]) -> None:
         """The bridge's own state document (retained), read by the bridge device's diagnostic sensors."""

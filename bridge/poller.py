@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any
 
 import aiohttp
 
 from bridge.cancel import raise_if_cancelling
 from bridge.config import BridgeConfig
 from bridge.errors import MinerError
+from bridge.live import Coalescer, LiveFeed, live_session
 from bridge.miner import MinerClient
 from bridge.reading import Event, Reading
 
@@ -45,12 +49,19 @@ class MinerState:
     errors: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     unchanged_since: float | None = None  # time of the first of a run of identical readings
+    live: LiveFeed | None = None  # its /api/ws/live subscription, when enabled
+    coalescer: Coalescer | None = None  # its pushed readings on their way to MQTT and the watchdog
+    push_errors: int = 0  # pushed updates in a row whose reading failed its checks
+    poll_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a push showed what only a poll can read
 
 
 class Poller:
     """One task per miner inside a TaskGroup: a slow or dead miner never delays the others."""
 
-    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish) -> None:
+    def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish,
+                 publish_live: Callable[[Reading], None] | None = None) -> None:
+        """publish_live takes the readings built from live pushes: the daemon sends them to MQTT and the watchdog
+        only, so storage keeps the poll cadence (docs/firmware.md). Without it nothing subscribes (polls only)."""
         self.cfg = cfg
         self.publish = publish
         self.interval = cfg.poll_interval
@@ -61,6 +72,19 @@ class Poller:
         self.miners: dict[str, MinerState] = {
             m.name: MinerState(MinerClient(m, session, cfg.http)) for m in cfg.miners
         }
+        if publish_live is not None:
+            for state in self.miners.values():
+                self._subscribe(state, publish_live)
+
+    def _subscribe(self, state: MinerState, publish_live: Callable[[Reading], None]) -> None:
+        client = state.client
+        client.live = self.cfg.http.live_push if client.cfg.live_push is None else client.cfg.live_push
+        if client.live:
+            state.live = LiveFeed(client.name, client.base, client.headers, on_update=partial(self.pushed, state),
+                                  firmware=partial(self._live_firmware, state),
+                                  delay=partial(backoff_delay, cap=self.max_backoff, base=self.backoff_base),
+                                  timeout=self.cfg.http.timeout, max_bytes=client.max_body)
+            state.coalescer = Coalescer(publish_live)
 
     async def run(self) -> None:
         n = len(self.miners)
@@ -69,6 +93,14 @@ class Poller:
                 # Spread the first polls over one interval so 1,000 miners are not hit in the same instant.
                 offset = self.interval * i / n if n > 1 else 0.0
                 tg.create_task(self._loop(state, offset), name=f"poll-{state.client.name}")
+            feeds = [state.live for state in self.miners.values() if state.live is not None]
+            if feeds:
+                tg.create_task(self._live(feeds), name="live")
+
+    async def _live(self, feeds: list[LiveFeed]) -> None:
+        async with live_session(self.cfg) as session, asyncio.TaskGroup() as tg:
+            for feed in feeds:
+                tg.create_task(feed.run(session), name=f"live-{feed.name}")
 
     async def _loop(self, state: MinerState, offset: float) -> None:
         loop = asyncio.get_running_loop()
@@ -76,7 +108,10 @@ class Poller:
         while True:
             delay = next_at - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await state.poll_soon.wait()
+            state.poll_soon.clear()
             ok = await self.poll(state)
             now = loop.time()
             if ok:
@@ -134,7 +169,6 @@ class Poller:
 
     def _succeeded(self, state: MinerState, r: Reading) -> None:
         name = state.client.name
-        prev = state.last
         if not state.online:
             if state.failures:
                 log.info("miner %s: back online after %d failures", name, state.failures)
@@ -144,12 +178,45 @@ class Poller:
                                {"firmware": r.firmware, "config": r.config_tag}))
         state.failures = 0
         state.last_error = None
+        self._accept(state, r, pushed=False)
+        if state.live is not None:
+            state.live.nudge()
+
+    def pushed(self, state: MinerState, update: dict[str, Any]) -> None:
+        """One live push of a miner: merged into its document, then read, checked and published like a poll."""
+        if not state.online or state.last is None:
+            return  # whether a miner is there is for its polls to say
+        try:
+            reading = state.client.read_pushed(update, time.time())
+        except MinerError as exc:
+            state.push_errors += 1
+            (log.warning if state.push_errors == 1 else log.debug)("%s (in a live push; %d in a row)", exc,
+                                                                   state.push_errors)
+            return
+        state.push_errors = 0
+        if reading is None:
+            state.poll_soon.set()
+            return
+        self._accept(state, reading, pushed=True)
+
+    @staticmethod
+    def _live_firmware(state: MinerState) -> str | None:
+        return state.last.firmware if state.online and state.last is not None else None
+
+    def _accept(self, state: MinerState, r: Reading, pushed: bool) -> None:
+        prev = state.last
         if prev is not None:
             r = self._flag_flatline(state, prev, r)
             for event in changes(prev, r):
                 self.publish(event)
         state.last = r
-        self.publish(r)
+        if state.coalescer is None:
+            self.publish(r)
+        elif pushed:
+            state.coalescer.offer(r)
+        else:
+            state.coalescer.polled()
+            self.publish(r)
 
     def _flag_flatline(self, state: MinerState, prev: Reading, r: Reading) -> Reading:
         if fingerprint(r) != fingerprint(prev):

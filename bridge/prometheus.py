@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from bridge.config import BridgeConfig, PrometheusConfig
 from bridge.metrics import METRICS, Metric, Value
 from bridge.reading import Event, Reading, fmt_number
+from bridge.sinks import SinkBase
 
 log = logging.getLogger("bitaxe.prometheus")
 
@@ -128,7 +129,7 @@ class BridgeView(Protocol):
     def poller(self) -> Any: ...
 
 
-class PrometheusSink:
+class PrometheusSink(SinkBase):
     """The Sink: keeps each miner's latest reading and availability; /metrics renders a snapshot of them."""
 
     name = "prometheus"
@@ -147,12 +148,6 @@ class PrometheusSink:
         return cls(cfg.prometheus, (m.name for m in cfg.miners), bridge)
 
     # ---- Sink -----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
-
     async def handle(self, item: Reading | Event) -> None:
         if isinstance(item, Reading):
             self.latest[item.miner] = item

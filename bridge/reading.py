@@ -209,7 +209,7 @@ class Event:
     """Something that happened to a miner (or the bridge), stored and published beside readings.
 
     kind: online, offline, config_change, firmware_change, restart, overheat, command, safety,
-    session_start, session_end.
+    session_start, session_end, tune (an auto-tune's summary).
     """
 
     miner: str

@@ -23,6 +23,7 @@ from bridge.cancel import raise_if_cancelling
 from bridge.commands import CommandPayload, Guard
 from bridge.config import BridgeConfig, SafetyConfig
 from bridge.reading import Event, Reading
+from bridge.sinks import SinkBase
 
 log = logging.getLogger("bitaxe.safety")
 
@@ -117,7 +118,7 @@ class MinerWatch:
         return verdict
 
 
-class Watchdog:
+class Watchdog(SinkBase):
     """A Sink: judges every reading against SafetyConfig; one task per miner steps down and locks out
     through the Guard."""
 
@@ -129,12 +130,6 @@ class Watchdog:
         self.publish = publish
         self.watches: dict[str, MinerWatch] = {}
         self._group: asyncio.TaskGroup | None = None
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
     async def handle(self, item: Reading | Event) -> None:
         # Never waits on a miner: the reading goes to its miner's inbox, that miner's task acts on it.

@@ -38,7 +38,17 @@ class Sink(Protocol):
     async def aclose(self) -> None: ...
 
 
-class LogSink:
+class SinkBase:
+    """For sinks with nothing to open at the start or to flush at the end."""
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LogSink(SinkBase):
     """Logs one line per reading (INFO) and each kind of implausible value once per miner (WARNING)."""
 
     name = "log"
@@ -46,9 +56,6 @@ class LogSink:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("bitaxe.readings")
         self.implausible = ProblemLog(self.log)
-
-    async def start(self) -> None:
-        return None
 
     async def handle(self, item: Item) -> None:
         if isinstance(item, Reading):
@@ -65,17 +72,15 @@ class LogSink:
         else:
             self.log.info("%-12s event %s: %s", item.miner, item.kind, item.message)
 
-    async def aclose(self) -> None:
-        return None
-
 
 class SinkQueue:
     """One sink's bounded inbox and the task that drains it."""
 
-    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool) -> None:
+    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: bool = False) -> None:
         self.sink = sink
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.drop_oldest = drop_oldest
+        self.live = live  # also takes the readings built from live pushes
         self.dropped = 0
         self.failures = ProblemLog(log, logging.ERROR)
 
@@ -125,12 +130,18 @@ class Fanout:
     def __init__(self) -> None:
         self.queues: list[SinkQueue] = []
 
-    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True) -> None:
-        self.queues.append(SinkQueue(sink, maxsize, drop_oldest))
+    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: bool = False) -> None:
+        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live))
 
     def publish(self, item: Item) -> None:
         for q in self.queues:
             q.put(item)
+
+    def publish_live(self, reading: Reading) -> None:
+        """A reading built from a live push: only to the sinks that asked for them (MQTT, the watchdog)."""
+        for q in self.queues:
+            if q.live:
+                q.put(reading)
 
     async def run(self) -> None:
         for q in self.queues:

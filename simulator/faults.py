@@ -223,6 +223,10 @@ class FaultSet:
                     body_delay=slow.body_delay if slow else 0.0, gaps=gaps, reset_at=reset.at if reset else None,
                     size=int(over.size) if over else 0)
 
+    def resets_live(self) -> bool:
+        """reset on a live WebSocket session: reset (RST) instead of its next push (probability per push)."""
+        return self._hit(FaultKind.RESET) is not None
+
     def closes_on_reuse(self) -> bool:
         """keepalive_close with idle=0: a request on a kept-alive connection meets the miner's close."""
         f = self._faults.get(FaultKind.KEEPALIVE_CLOSE)

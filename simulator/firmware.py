@@ -135,6 +135,46 @@ def has_dashboard(version: str) -> bool:
     return (2, 9) <= version_tuple(version) < (2, 12)
 
 
+# WebSocket /api/ws/live (ESP-Miner main/http_server/websocket_api.c, since v2.14.0): the /info document
+# (system_api_get_full_json) as {"event": "update", "data": ...}: whole on connect, then every 500 ms the keys
+# that changed since the last message, if any. GET_system_info adds these two on top; the push never has them.
+LIVE_PATH = "/api/ws/live"
+LIVE_INTERVAL = 0.5  # s, WEBSOCKET_API_RATE_LIMIT_MS
+_INFO_ONLY = ("fullHostname", "mdnsHostname")
+_MISSING = object()
+
+
+def has_live_push(version: str) -> bool:
+    return version_tuple(version) >= (2, 14)
+
+
+def live_document(info: dict[str, Any]) -> dict[str, Any]:
+    """What the push task builds: the /api/system/info document without the keys only GET adds."""
+    return {k: v for k, v in info.items() if k not in _INFO_ONLY}
+
+
+def live_diff(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any] | None:
+    """The firmware's cJSON_GetDiff: keys new or changed in `new`; objects recursively, arrays whole.
+
+    A key that disappeared is not reported (the firmware diffs only the keys of the new document);
+    None when nothing changed.
+    """
+    if old is None:
+        return dict(new)
+    diff: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key, _MISSING)
+        if type(before) is type(value) and before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = live_diff(before, value)
+            if sub is not None:
+                diff[key] = sub
+        else:
+            diff[key] = value
+    return diff or None
+
+
 def format_difficulty(value: float) -> str:
     """The pre-2.12 firmware's suffix format: 4294967296 → "4.29G"."""
     for suffix, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):

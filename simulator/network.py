@@ -74,6 +74,9 @@ class Connection(asyncio.Protocol):
         self.pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
+        # ESP-IDF counts a session as used when it receives from the client: a WebSocket client's pings
+        # keep it from being the least recently used one.
+        self.last = time.monotonic()
         if self.accepted:
             self.inner.data_received(data)
         else:

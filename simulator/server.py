@@ -21,7 +21,7 @@ from aiohttp import web
 from bridge.boards import BOARDS, BoardSpec
 from simulator import firmware as fw
 from simulator.faults import Action, Fault, FaultKind, FaultSet, malformed, parse_fault, truncated
-from simulator.network import Connections, send
+from simulator.network import Connections, reset, send
 from simulator.physics import MinerModel, Truth
 
 log = logging.getLogger("bitaxe-sim")
@@ -100,6 +100,7 @@ class SimMiner:
         self._next_stat = 0.0
         self._down_until = -1.0
         self.powered = True  # False: unplugged (Fleet.power_off), the port refuses connections
+        self.live = LivePush(self)
         for f in spec.faults:
             self.set_fault(f)
 
@@ -186,7 +187,7 @@ class SimMiner:
             "hashrate": s.hashrate, "power": s.power, "error_pct": s.error_pct,
             "shares_accepted": m.shares_accepted, "shares_rejected": m.shares_rejected,
             "faults": self.faults.to_json(), "restarts": self.restart_count, "powered": self.powered,
-            "identify": self.identify_count,
+            "identify": self.identify_count, "live": self.live.state(),
             "requests": {f"{k[0]} {k[1]}": v for k, v in self.request_counts.items()},
             "truth": _truth_json(m.truth()),
         }
@@ -196,6 +197,100 @@ class SimMiner:
         self.sync()
         ctx = fw.DeviceContext(self.firmware, self.board, self.mac, self.host, self.settings)
         return self.faults.apply_info(fw.info_document(ctx, self.model, self.model.sample()))
+
+
+class LivePush:
+    """A miner's WebSocket /api/ws/live (ESP-Miner >= 2.14, websocket_api.c): the whole document on connect,
+    then every 500 ms the keys that changed, to every client. The task runs only while clients are connected
+    (the firmware's task hibernates without them)."""
+
+    MAX_CLIENTS = 10  # MAX_WEBSOCKET_CLIENTS (shared with /api/ws): the handshake beyond it gets HTTP 429
+
+    def __init__(self, miner: SimMiner) -> None:
+        self.miner = miner
+        self.clients: dict[web.WebSocketResponse, asyncio.BaseTransport | None] = {}
+        self.sessions = 0  # sessions accepted
+        self.sent = 0  # messages sent, all clients
+        self.dropped = 0  # sessions the miner dropped (down, a reset fault, drop())
+        self._task: asyncio.Task[None] | None = None
+
+    def state(self) -> dict[str, int]:
+        return {"clients": len(self.clients), "sessions": self.sessions, "sent": self.sent, "dropped": self.dropped}
+
+    def full(self) -> bool:
+        return len(self.clients) >= self.MAX_CLIENTS
+
+    async def serve(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()  # answers pings (ESP-IDF does); the firmware itself never pings
+        await ws.prepare(request)
+        self.sessions += 1
+        self.clients[ws] = request.transport
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"live-{self.miner.index}")
+        try:
+            await self._send(ws, self._document())
+            async for _ in ws:  # a client's frames are read and dropped, like the firmware's handler
+                pass
+        finally:
+            self.clients.pop(ws, None)
+        return ws
+
+    def drop(self, rst: bool = True) -> int:
+        """Drop every session's socket without a close frame: reset (RST), or closed like a miner going away."""
+        n = 0
+        for ws in list(self.clients):
+            n += self._drop(ws, rst)
+        return n
+
+    def _drop(self, ws: web.WebSocketResponse, rst: bool) -> int:
+        transport = self.clients.pop(ws, None)
+        if transport is None:
+            return 0
+        if rst:
+            reset(transport)
+        else:
+            transport.close()
+        self.dropped += 1
+        return 1
+
+    def _document(self) -> dict[str, Any]:
+        return fw.live_document(self.miner.info())
+
+    async def _send(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+        try:
+            await ws.send_str(json.dumps({"event": "update", "data": data}))
+            self.sent += 1
+        except (ConnectionError, RuntimeError):
+            self.clients.pop(ws, None)  # the client went away
+
+    async def _run(self) -> None:
+        last: dict[str, Any] | None = None
+        try:
+            while self.clients:
+                await asyncio.sleep(fw.LIVE_INTERVAL)
+                if self.miner.is_down():  # unplugged, rebooting, flapping: the sockets die with it
+                    self.drop(rst=False)
+                    last = None
+                    continue
+                doc = self._document()
+                diff = fw.live_diff(last, doc) if last is not None else None
+                last = doc
+                if diff is None:
+                    continue
+                for ws in list(self.clients):
+                    if self.miner.faults.resets_live():
+                        self._drop(ws, rst=True)
+                    else:
+                        await self._send(ws, diff)
+        finally:
+            self._task = None
+
+    async def aclose(self) -> None:
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _truth_json(t: Truth) -> dict[str, Any]:
@@ -332,6 +427,8 @@ class Fleet:
         for listener in self._servers.values():
             listener.close()
         self._servers.clear()
+        for m in self.miners:
+            await m.live.aclose()
         if self._runner is not None:
             await self._runner.cleanup()  # closes the open connections
             self._runner = None
@@ -347,6 +444,9 @@ class Fleet:
         if miner is None or conn is None or request.path.startswith("/sim/"):
             return await self._answer(request, reused=False)
         reused = conn.served > 0
+        if request.path == fw.LIVE_PATH:
+            # A WebSocket session is no request in progress: the httpd may purge it as least recently used.
+            return await self._answer(request, reused)
         conn.started()
         try:
             response = await self._answer(request, reused)
@@ -381,17 +481,22 @@ class Fleet:
         if miner.is_down():
             return _drop(request)
         route = _ROUTES.get((request.method, path))
-        if route is None or not route[1](miner.firmware):
+        live = (request.method, path) == ("GET", fw.LIVE_PATH) and fw.has_live_push(miner.firmware)
+        if not live and (route is None or not route[1](miner.firmware)):
             return web.Response(status=404, text="Not found")
-        handler, _available, json_doc = route
-        action, fault = miner.faults.action(miner.now(), json_doc)
+        action, fault = miner.faults.action(miner.now(), json_body=route is not None and route[2])
         if action is Action.DROP:
             return _drop(request)
         if action is Action.HANG:
             await asyncio.sleep(fault.hang if fault else 30.0)
         elif action is Action.ERROR500:
             return web.Response(status=500, text="Internal server error")
-        return handler(miner, request, body, action)
+        if live:
+            if miner.live.full():
+                return web.Response(status=429, reason="Too Many Requests", text="Max WebSocket clients reached")
+            return await miner.live.serve(request)
+        assert route is not None
+        return route[0](miner, request, body, action)
 
 
 def _drop(request: web.Request) -> web.StreamResponse:
@@ -524,6 +629,8 @@ async def _control(miner: SimMiner, fleet: Fleet, request: web.Request) -> web.R
             else:
                 await fleet.power_off(index)
             return _json({"index": index, "powered": fleet.miners[index].powered})
+        if path == "/sim/live/drop" and method == "POST":
+            return _json({"dropped": miner.live.drop()})
         if path == "/sim/requests" and method == "GET":
             return _json([list(r) for r in miner.requests])
         if path == "/sim/ambient" and method == "POST":

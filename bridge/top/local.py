@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from bridge.config import BridgeConfig
 from bridge.daemon import Bridge, make_session
 from bridge.discovery import state_document
 from bridge.reading import Event, Reading
+from bridge.sinks import SinkBase
 from bridge.top.model import Board, FleetModel, Limits, Outcome
 from bridge.tour import run_tour
 
@@ -21,19 +23,13 @@ def standalone(cfg: BridgeConfig) -> BridgeConfig:
                                   "health_file": None})
 
 
-class ModelSink:
+class ModelSink(SinkBase):
     """A Sink that hands readings and events to the dashboard's model."""
 
     name = "top"
 
     def __init__(self, model: FleetModel) -> None:
         self.model = model
-
-    async def start(self) -> None:
-        return None
-
-    async def aclose(self) -> None:
-        return None
 
     async def handle(self, item: Reading | Event) -> None:
         if isinstance(item, Reading):
@@ -54,11 +50,17 @@ class ModelLogHandler(logging.Handler):
 
 
 class LocalSource:
-    """Runs a Bridge for `cfg` (whatever sinks it configures) plus the dashboard's sink; commands use its Guard."""
+    """Runs a Bridge for `cfg` (whatever sinks it configures) plus the dashboard's sink; commands use its Guard.
 
-    def __init__(self, cfg: BridgeConfig, *, description: str = "", tour_every: float | None = None) -> None:
+    `main`, if given, runs beside the bridge once it is up (the demo starts its tunes there); the miners its
+    tune service is tuning show as "tuning".
+    """
+
+    def __init__(self, cfg: BridgeConfig, *, description: str = "", tour_every: float | None = None,
+                 main: Callable[[Bridge], Coroutine[Any, Any, None]] | None = None) -> None:
         self.cfg = cfg
         self.tour_every = tour_every
+        self.main = main
         self._description = description or f"standalone: polling {len(cfg.miners)} miner(s)"
         self.bridge: Bridge | None = None
 
@@ -81,11 +83,19 @@ class LocalSource:
             async with make_session(self.cfg) as session:
                 bridge = Bridge(self.cfg, session)
                 bridge.add_sink(ModelSink(model), maxsize=10_000, drop_oldest=True)
+                service = bridge.tune
+
+                def tuning(miner: str) -> None:
+                    model.set_tuning(miner, service.active(miner))
+
+                service.listeners.append(tuning)
                 self.bridge = bridge
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(bridge.run(), name="bridge")
                     if self.tour_every:
                         tg.create_task(run_tour(bridge.poller, bridge.guard, self.tour_every), name="tour")
+                    if self.main is not None:
+                        tg.create_task(self.main(bridge), name="main")
         finally:
             self.bridge = None
             logger.removeHandler(handler)

@@ -53,8 +53,9 @@ async def test_reads_info_and_caches_asic_until_restart(gamma: FixtureMiner) -> 
         assert [p for _, p, _ in gamma.requests].count("/api/system/asic") == 2
 
 
-async def test_old_firmware_without_asic_endpoint() -> None:
-    m = await FixtureMiner(doc("info-v2.6.0.json"), None).start()
+@pytest.mark.parametrize("redirect", [False, True], ids=["404", "302"])
+async def test_old_firmware_without_asic_endpoint(redirect: bool) -> None:
+    m = await FixtureMiner(doc("info-v2.6.0.json"), None, asic_redirect=redirect).start()
     try:
         cfg = config(m.host)
         async with make_session(cfg) as s:

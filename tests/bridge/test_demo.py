@@ -16,7 +16,7 @@ READING = re.compile(r"bitaxe\.readings: (sim-\d+)\s+(\w+)\s+(\d+@\d+)\s+([\d.]+
 def test_demo_shows_three_asic_models_within_10_s(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--miners", "3", "--duration", "30",
-                             "--data-dir", str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--tune", "off", "--data-dir", str(tmp_path)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     boards: dict[str, str] = {}
     try:
@@ -39,7 +39,7 @@ def test_demo_shows_three_asic_models_within_10_s(tmp_path: Path) -> None:
 
 
 def test_demo_fills_the_sqlite_store(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "bridge.cli", "demo", "--miners", "3", "--duration", "4",
+    subprocess.run([sys.executable, "-m", "bridge.cli", "demo", "--miners", "3", "--duration", "4", "--tune", "off",
                     "--interval", "0.5", "--data-dir", str(tmp_path)], cwd=ROOT, check=True, capture_output=True,
                    timeout=60)
     db = tmp_path / "demo.db"
@@ -81,3 +81,24 @@ def test_demo_in_a_terminal_opens_the_dashboard_and_still_stores(tmp_path: Path)
     assert "bitaxe.readings" not in text  # the dashboard, not the log view
     with sqlite3.connect(tmp_path / "demo.db") as conn:
         assert conn.execute("SELECT COUNT(DISTINCT miner) FROM readings").fetchone()[0] == 2
+def test_demo_tunes_the_fleet_and_prints_each_recommendation(tmp_path: Path) -> None:
+    # One Gamma at 100x: a reading every 20 simulated seconds, the tune over in well under a minute.
+    proc = subprocess.Popen([sys.executable, "-m", "bridge.cli", "demo", "--miners", "1", "--time-scale", "100",
+                             "--interval", "0.2", "--duration", "120", "--data-dir", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    out = []
+    try:
+        for line in proc.stdout:  # the demo goes on polling after the tunes: stop it once they are reported
+            out.append(line)
+            if "bitaxe-analyze rank" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = "".join(out)
+    assert "tune sim-1: goal efficiency, done after" in text
+    assert re.search(r"winner\s+\d+@\d+\s+[\d.]+ ±[\d.]+ J/TH", text), text
+    with sqlite3.connect(tmp_path / "demo.db") as conn:
+        kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM events GROUP BY kind").fetchall())
+    assert kinds.get("session_start", 0) >= 3 and kinds.get("tune") == 1

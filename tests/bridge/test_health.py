@@ -177,7 +177,7 @@ async def test_bridge_state_and_its_home_assistant_sensors(mosquitto: Mosquitto,
         assert doc["online"] == 1 and doc["miners"] == 1 and doc["poll_errors"] == 0
         assert doc["mqtt_connected"] is True and doc["mqtt_connections"] == 1 and doc["mqtt_seconds"] >= 0
         assert doc["spool_points"] is None and doc["spool_age"] is None  # no InfluxDB configured
-        assert set(doc["sinks"]) == {"log", "safety", "mqtt"}
+        assert set(doc["sinks"]) == {"log", "safety", "tune", "mqtt"}
         assert all(set(s) == {"queued", "dropped", "failed"} for s in doc["sinks"].values())
         assert isinstance(doc["dropped"], int) and isinstance(doc["queued"], int)
         for sensor in BRIDGE_SENSORS:

@@ -16,6 +16,7 @@ from bridge.config import BridgeConfig, parse_config
 from bridge.daemon import Bridge, make_session
 from simulator.server import Fleet, SimMinerSpec
 from tests.mqtt.broker import Watcher, wait_retained
+from tests.support.bridge import running_bridge
 from tests.support.fixture_miner import FixtureMiner
 from tests.support.servers import Mosquitto, free_port
 
@@ -69,21 +70,14 @@ def config(port: int, host: str, safety: dict[str, Any] | None = None) -> Bridge
 
 @contextlib.asynccontextmanager
 async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
-    async with make_session(cfg) as session:
-        bridge = Bridge(cfg, session)
-        task = asyncio.create_task(bridge.run())
-        try:
-            assert bridge.mqtt is not None
-            async with asyncio.timeout(15):
-                await bridge.mqtt.connected.wait()
-                miners = bridge.poller.miners
-                while not (miners["garage-1"].online and miners["dead-1"].failures):
-                    await asyncio.sleep(0.05)
-            yield bridge
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with running_bridge(cfg) as bridge:
+        assert bridge.mqtt is not None
+        async with asyncio.timeout(15):
+            await bridge.mqtt.connected.wait()
+            miners = bridge.poller.miners
+            while not (miners["garage-1"].online and miners["dead-1"].failures):
+                await asyncio.sleep(0.05)
+        yield bridge
 
 
 def patches(miner: FixtureMiner | Backend) -> list[Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bridge.config import BridgeConfig, parse_config
-from bridge.daemon import Bridge, make_session
 from simulator.server import Fleet
+from tests.support.bridge import running_bridge as bridge_running
+
+__all__ = ["bridge_running", "fleet_config", "until", "wait_for"]
 
 
 def fleet_config(fleet: Fleet, **extra: Any) -> BridgeConfig:
@@ -24,20 +25,6 @@ def fleet_config(fleet: Fleet, **extra: Any) -> BridgeConfig:
     }
     raw.update(extra)
     return parse_config(raw, "test")
-
-
-@contextlib.asynccontextmanager
-async def bridge_running(cfg: BridgeConfig) -> AsyncIterator[Bridge]:
-    """The whole bridge (poller, guard, watchdog, configured sinks) until the block ends."""
-    async with make_session(cfg) as session:
-        bridge = Bridge(cfg, session)
-        task = asyncio.create_task(bridge.run())
-        try:
-            yield bridge
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def wait_for(predicate: Callable[[], object], limit: float = 20.0, what: str = "") -> None:

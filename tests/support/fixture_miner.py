@@ -16,6 +16,7 @@ from aiohttp import web
 class FixtureMiner:
     info: dict[str, Any]
     asic: dict[str, Any] | None = None  # None: 404 like firmware < 2.9
+    asic_redirect: bool = False  # with asic None: a 302 to "/" (v2.6-2.8 have no /api/* catch-all)
     mode: str = "ok"  # ok | timeout | http500 | truncated | garbage | huge | unauthorized
     credentials: tuple[str, str] | None = None  # require HTTP basic auth
     delay: float = 0.0
@@ -57,6 +58,8 @@ class FixtureMiner:
     async def _asic(self, request: web.Request) -> web.Response:
         self.requests.append(("GET", request.path, None))
         if self.asic is None:
+            if self.asic_redirect:
+                return web.Response(status=302, headers={"Location": "/"})
             return web.Response(status=404, text="Not Found")
         return web.json_response(self._served(self.asic))
 
