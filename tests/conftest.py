@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.bridge_process import kill_leftovers
 from tests.support.servers import InfluxDB1, Mosquitto, VictoriaMetrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_bridges() -> Iterator[None]:
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture
