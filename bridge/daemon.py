@@ -88,7 +88,8 @@ class Bridge:
         sinks = {q.sink.name: {"queued": q.queue.qsize(), "dropped": q.dropped, "failed": q.failed}
                  for q in self.fanout.queues}
         doc: dict[str, object] = {
-            "time": now, "started": self.started, "uptime": round(now - self.started, 1),
+            "time": now, "interval": self.cfg.poll_interval, "started": self.started,
+            "uptime": round(now - self.started, 1),
             "miners": len(self.poller.miners), "online": sum(1 for s in states if s.online),
             "polls": sum(s.polls for s in states), "poll_errors": sum(s.errors for s in states),
             "live": sum(1 for s in states if s.live is not None and s.live.connected),

@@ -28,6 +28,10 @@ log = logging.getLogger("bitaxe.fleet")
 
 CLAIM_TIMEOUT = 10.0  # s for the whole startup check; an unreachable broker is not a reason to stay down
 CLAIM_GRACE = 60.0  # s from claiming to the bridge availability going online (a slow start)
+# An "online" availability whose instance has not published its state for this many of its poll intervals
+# (plus a minute) is stale: a bridge that died together with the broker leaves it retained, no last will is
+# sent, and a Docker container recreated with a new host name would otherwise be refused for ever.
+STALE_INTERVALS = 3
 
 
 class FleetError(Exception):
@@ -96,13 +100,15 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
     claims = {miner: c for topic, body in raw.items()
               if (miner := topics.parse_owner(topic)) is not None and (c := Claim.parse(body)) is not None}
     others = {m: c for m, c in claims.items() if c.instance != me}
-    seen, _ = await read_retained(client, sorted({c.availability for c in others.values()}), topics.prefix,
-                                  CLAIM_TIMEOUT / 2)
+    watched = sorted({t for c in others.values() for t in (c.availability, _state_topic(c.availability))})
+    seen, _ = await read_retained(client, watched, topics.prefix, CLAIM_TIMEOUT / 2)
     now = time.time()
 
     def running(c: Claim) -> bool:
         state = seen.get(c.availability, b"").strip()
-        return state == b"online" or (not state and now - c.at < CLAIM_GRACE)
+        if not state:
+            return now - c.at < CLAIM_GRACE
+        return state == b"online" and not _stale(seen.get(_state_topic(c.availability)), now)
 
     problems = []
     for c in {c.instance: c for c in others.values()}.values():
@@ -136,6 +142,21 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
         raise FleetError("; ".join(f'miner "{m}" was claimed at the same moment by instance "{c.instance}" (host '
                                    f"{c.host}); a miner belongs in one instance's config" for m, c in lost.items()))
     return mine
+
+
+def _state_topic(availability: str) -> str:
+    """`<prefix>/bridge[/<instance>]/state` beside its availability topic."""
+    return availability.rpartition("/")[0] + "/state"
+
+
+def _stale(body: bytes | None, now: float) -> bool:
+    """True when an instance's retained bridge state is too old for that instance to be running."""
+    try:
+        doc = json.loads(body) if body else None
+        t, interval = float(doc["time"]), float(doc.get("interval") or 0)  # type: ignore[index,union-attr]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False  # no state (older versions publish none): the availability alone decides
+    return now - t > STALE_INTERVALS * interval + 60.0
 
 
 async def claim_miners(cfg: BridgeConfig) -> dict[str, Claim]:

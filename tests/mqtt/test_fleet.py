@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiomqtt
 import pytest
@@ -81,6 +82,26 @@ async def test_two_instances_on_the_same_bridge_topics_are_refused(mosquitto: Mo
         mp.setattr("bridge.fleet.socket.gethostname", lambda: "other-host")
         with pytest.raises(FleetError, match="same bridge topics"):
             await claim(cfg(port, None, "m9"))
+
+
+async def test_a_stale_online_left_by_a_bridge_that_died_with_the_broker_is_taken_over(mosquitto: Mosquitto) -> None:
+    # A Docker container recreated after a power cut: new host name, and the broker restarted from its
+    # store with the old bridge's "online" still retained (no last will was sent). Its state says when it
+    # last ran: three poll intervals and a minute ago, it is not running any more.
+    port = mosquitto.port
+    await claim(cfg(port, None, "m1"))
+    await online(port, "bitaxe/bridge/availability")
+    for age, refused in ((30.0, True), (200.0, False)):
+        await online(port, "bitaxe/bridge/state", json.dumps({"time": time.time() - age, "interval": 5}))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("bridge.fleet.socket.gethostname", lambda: "new-container")
+            if refused:
+                with pytest.raises(FleetError, match="same bridge topics"):
+                    await claim(cfg(port, None, "m1"))
+            else:
+                assert set(await claim(cfg(port, None, "m1"))) == {"m1"}
+    owner = json.loads((await retained(port, "bitaxe/m1/owner"))["bitaxe/m1/owner"])
+    assert owner["instance"] == "new-container"
 
 
 async def test_of_two_simultaneous_claims_exactly_one_is_refused(mosquitto: Mosquitto) -> None:
