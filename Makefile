@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: servers setup lint
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 --maxschedchunk 2
 
 bench: setup
 	$(BIN)/python bench/poll.py --write
