@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: servers setup lint
-	$(BIN)/python -m pytest -q -n 4
+	$(BIN)/python -m pytest -q -n 4 --maxschedchunk 2
 
 bench: setup
 	$(BIN)/python bench/poll.py --write
@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python bench/live.py --write
 	$(BIN)/python -m bench.store
 	$(BIN)/python -m bench.analyze --write-docs
+	$(BIN)/python -m bench.scaling --write-docs
 	$(BIN)/python -m bench.prometheus --write
 	$(BIN)/python -m bench.tune --write
 

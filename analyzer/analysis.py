@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 import re
 import sys
+import tempfile
 import time as _time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from analyzer.data import Bins, EventRow, bin_samples
-from analyzer.segments import Segment, WarmupPolicy, find_segments
+from analyzer.ledger import Ledger, miner_file
+from analyzer.segments import Segment, WarmupPolicy
 from analyzer.sources import Store
-from analyzer.stats import ConfigStats, Difference, Gates, config_stats, difference
+from analyzer.stats import ConfigStats, Difference, Gates, difference
+from analyzer.stream import MinerStream
 
-QUERY_THREADS = 3  # concurrent per-miner queries against a database server
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h|d|w)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -55,10 +57,9 @@ def fmt_time(t: float | None) -> str:
 @dataclass
 class MinerAnalysis:
     miner: str
-    bins: Bins
+    bins: int  # bins in the analysed range
     segments: list[Segment]
     stats: list[ConfigStats]
-    events: list[EventRow] = field(default_factory=list)
 
 
 @dataclass
@@ -74,28 +75,39 @@ class Analysis:
 
 
 def analyze(store: Store, miners: list[str], *, since: float | None, until: float | None, width: float,
-            policy: WarmupPolicy, gates: Gates, fetch: str = "db",
+            policy: WarmupPolicy, gates: Gates, fetch: str = "db", cache: Path | None = None,
             progress: Callable[[list[str]], Iterable[str]] | None = None) -> Analysis:
-    """fetch="db": the database aggregates bins (GROUP BY); "raw": pull every reading and bin in numpy."""
-    out: dict[str, MinerAnalysis] = {}
-    events = store.events(None, since, until)
+    """Every miner's segments and per-config statistics, one miner at a time.
 
-    def load(name: str) -> Bins:
-        if fetch == "raw":
-            return bin_samples(store.samples(name, since, until), width)
-        return store.bins(name, since, until, width)
+    fetch="db": the database aggregates bins (GROUP BY); "raw": every reading is binned in numpy.
+    `cache`: the analysis cache directory (analyzer/ledger.py); a run over the whole history (no since/until)
+    then reads only what is new since the last run. Without it, or for a time range, the run counts
+    into a temporary cache that is deleted afterwards: memory stays bounded either way.
+    """
+    keep = cache is not None and since is None and until is None
+    with tempfile.TemporaryDirectory(prefix="bitaxe-analyze-") as tmp:
+        path = cache if keep and cache is not None else Path(tmp)
+        workers = max(1, min(store.threads, len(miners)))
 
-    # A server answers several miners' queries at once (each one mostly waits on the server);
-    # SQLite connections are single-threaded and local, so they are read one miner after another.
-    workers = min(QUERY_THREADS, len(miners)) if getattr(store, "concurrent", False) else 1
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = {name: pool.submit(load, name) for name in miners} if workers > 1 else {}
-        it: Iterable[str] = progress(miners) if progress else miners
-        for name in it:
-            bins = pending[name].result() if name in pending else load(name)
-            ev = [e for e in events if e.miner == name]
-            segs = find_segments(bins, ev, policy)
-            out[name] = MinerAnalysis(name, bins, segs, config_stats(bins, segs, gates), ev)
+        def one(name: str) -> MinerAnalysis:
+            src = store.worker() if workers > 1 else store
+            ledger = Ledger(miner_file(path, name), store.name)
+            try:
+                r = MinerStream(src, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
+                    since, until, gates)
+                ledger.forget_unused()  # streams of options nobody asked for in a month
+            finally:
+                ledger.close()
+                if src is not store:
+                    src.close()
+            return MinerAnalysis(name, r.bins, r.segments, r.stats)
+
+        out: dict[str, MinerAnalysis] = {}
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pending = {name: pool.submit(one, name) for name in miners} if workers > 1 else {}
+            it: Iterable[str] = progress(miners) if progress else miners
+            for name in it:
+                out[name] = pending[name].result() if name in pending else one(name)
     return Analysis(store.name, since, until, width, policy, gates, out, fetch)
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,8 +26,9 @@ from analyzer.analysis import (
     recommend,
 )
 from analyzer.columns import label, unit
+from analyzer.ledger import LedgerError, default_path
 from analyzer.segments import WarmupPolicy
-from analyzer.sources import Store, StoreError, open_source
+from analyzer.sources import SqliteStore, Store, StoreError, open_source
 from analyzer.stats import ConfigStats, Difference, Estimate, Gates, difference
 from bridge import __version__
 from bridge.reading import ClockConfig
@@ -95,6 +97,10 @@ def common(fn: F) -> F:
                      help="unstable above this ASIC error rate (%)"),
         click.option("--min-hashrate", default=90.0, show_default=True, type=click.FloatRange(0, 100),
                      help="unstable below this % of the expected hashrate"),
+        click.option("--cache", default="auto", show_default=True, metavar="auto|off|PATH",
+                     help="analysis cache directory: a run over the whole history reads only what is new since "
+                          "the last one (auto: <db>.analysis beside a SQLite store, else ~/.cache/bitaxe-analyze)"),
+        click.option("--rebuild", is_flag=True, help="delete the analysis cache first and read everything again"),
         click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout"),
     ]
     for opt in reversed(opts):
@@ -107,6 +113,21 @@ def _open(kw: dict[str, Any]) -> Store:
         return open_source(kw["source"], kw["config_path"])
     except StoreError as exc:
         raise Fail(str(exc)) from None
+
+
+def _cache(kw: dict[str, Any], store: Store) -> Path | None:
+    choice = kw["cache"]
+    if choice == "off":
+        return None
+    path = Path(choice) if choice != "auto" else default_path(
+        store.name, store.path if isinstance(store, SqliteStore) else None)
+    if kw["rebuild"] and path.exists():
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise Fail(f"cannot delete the analysis cache {path} ({exc.strerror or exc}); delete it by hand") \
+                from None
+    return path
 
 
 def _policy(kw: dict[str, Any]) -> WarmupPolicy:
@@ -164,10 +185,10 @@ def run(kw: dict[str, Any], miner: str | None, *, since: float | None = None, un
         miners = [miner] if miner else known
         gates = Gates(max_error_pct=kw["max_error"], min_hashrate_ratio=kw["min_hashrate"] / 100.0)
         result = analyze(store, miners, since=since, until=until, width=kw["bin_width"], policy=policy,
-                         gates=gates, fetch=kw["fetch"], progress=_progress)
-        if not any(len(m.bins) for m in result.miners.values()):
+                         gates=gates, fetch=kw["fetch"], cache=_cache(kw, store), progress=_progress)
+        if not any(m.bins for m in result.miners.values()):
             raise Fail(_nothing_to_analyze(store, miner, miners, since, until))
-    except StoreError as exc:
+    except (StoreError, LedgerError) as exc:
         raise Fail(str(exc)) from None
     finally:
         store.close()
@@ -543,10 +564,15 @@ def report_cmd(fmt: str, out_dir: str, miner: str | None, balance_tolerance: flo
         raise Fail(f"cannot create the report directory {out} ({exc.strerror or exc}); choose another --out") \
             from None
     a = run(kw, miner)
+    store = _open(kw)  # the plots read the bins again, one miner at a time
     try:
-        files = write_report(a, out, fmt, balance_tolerance)
+        files = write_report(a, store, out, fmt, balance_tolerance)
     except OSError as exc:
         raise Fail(f"cannot write the report into {out} ({exc.strerror or exc}); choose another --out") from None
+    except StoreError as exc:
+        raise Fail(str(exc)) from None
+    finally:
+        store.close()
     if kw["as_json"]:
         _emit({"files": [str(f) for f in files]})
     else:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +12,9 @@ from analyzer.columns import COUNTERS, FRACTION_KEYS, MEAN_KEYS, OVERHEAT, RAW_F
 
 FloatArray = npt.NDArray[np.float64]
 StrArray = npt.NDArray[np.object_]
+
+# What the statistics read of each steady bin besides its weight: the means (fractions are means too).
+STEADY_KEYS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
 
 # Event kinds after which the miner is thermally or electrically in a new state (SCHEMA.md).
 CHANGE_KINDS: frozenset[str] = frozenset(
@@ -91,6 +94,57 @@ class Bins:
         # inside such a bin is rare and only costs one bin of warm-up).
         order = np.lexsort((np.nan_to_num(self.uptime_min, nan=0.0), self.start))
         return self.take(order)
+
+
+def bins_state(b: Bins) -> dict[str, Any]:
+    """A few bins as JSON-compatible lists (a Segmenter's saved state)."""
+    return {"start": b.start.tolist(), "config": [str(c) for c in b.config],
+            "firmware": [str(f) for f in b.firmware], "n": b.n.tolist(),
+            "mean": {k: v.tolist() for k, v in b.mean.items()}, "uptime_min": b.uptime_min.tolist(),
+            "uptime_max": b.uptime_max.tolist(), "overheat": b.overheat.tolist(),
+            "counter_max": {k: v.tolist() for k, v in b.counter_max.items()},
+            "counter_min": {k: v.tolist() for k, v in b.counter_min.items()}}
+
+
+def bins_from_state(miner: str, width: float, d: dict[str, Any]) -> Bins:
+    def f(x: list[float]) -> FloatArray:
+        return np.asarray(x, dtype=np.float64)
+
+    return Bins(miner, width, f(d["start"]), np.asarray(d["config"], dtype=object),
+                np.asarray(d["firmware"], dtype=object), f(d["n"]), {k: f(v) for k, v in d["mean"].items()},
+                f(d["uptime_min"]), f(d["uptime_max"]), f(d["overheat"]),
+                {k: f(v) for k, v in d["counter_max"].items()}, {k: f(v) for k, v in d["counter_min"].items()})
+
+
+@dataclass(frozen=True)
+class Steady:
+    """Steady bins of one segment, in order: all the statistics read (weight, means, shares per bin)."""
+
+    n: FloatArray  # readings per bin (the weight)
+    mean: dict[str, FloatArray]  # STEADY_KEYS
+    shares: dict[str, FloatArray]  # COUNTERS: increments counted in the bin, NaN across a reset
+
+    ROWS: ClassVar[tuple[str, ...]] = ("n", *STEADY_KEYS, *COUNTERS)
+
+    def __len__(self) -> int:
+        return int(self.n.size)
+
+    def matrix(self) -> FloatArray:
+        """One row per ROWS entry: the layout the analysis cache stores."""
+        return np.vstack([self.n, *(self.mean[k] for k in STEADY_KEYS), *(self.shares[c] for c in COUNTERS)])
+
+    @classmethod
+    def from_matrix(cls, m: FloatArray) -> Steady:
+        k = len(STEADY_KEYS)
+        return cls(m[0], {key: m[1 + i] for i, key in enumerate(STEADY_KEYS)},
+                   {c: m[1 + k + i] for i, c in enumerate(COUNTERS)})
+
+    @classmethod
+    def concat(cls, parts: list[Steady]) -> Steady:
+        if len(parts) == 1:
+            return parts[0]
+        return cls.from_matrix(np.hstack([p.matrix() for p in parts]) if parts else
+                               np.zeros((len(cls.ROWS), 0)))
 
 
 def empty_bins(miner: str, width: float) -> Bins:

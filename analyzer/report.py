@@ -12,9 +12,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never a display
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from analyzer.analysis import Analysis, MinerAnalysis, fmt_time, rank, recommend
-from analyzer.segments import steady_mask
+from analyzer.data import Bins, empty_bins
+from analyzer.segments import find_segments, steady_mask
+from analyzer.sources import Store
 from analyzer.stats import ConfigStats
 
 
@@ -64,9 +67,24 @@ def plot_efficiency(m: MinerAnalysis, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_timeseries(m: MinerAnalysis, path: Path) -> None:
-    b = m.bins
-    steady = steady_mask(len(b), m.segments)
+PLOT_BINS = 50_000  # points per time-series plot; longer histories are plotted in wider bins
+
+
+def plot_bins(a: Analysis, store: Store, miner: str) -> tuple[Bins, np.ndarray]:
+    """The miner's bins for the plots, and which of them are steady: `--bin` wide up to PLOT_BINS of them,
+    wider for long histories (a year of 30-s bins is a million points; the statistics use all of them)."""
+    span = store.span(miner)
+    if span is None:
+        return empty_bins(miner, a.width), np.zeros(0, dtype=bool)
+    lo = span[0] if a.since is None else a.since
+    hi = span[1] + 1.0 if a.until is None else a.until
+    width = a.width * max(1, math.ceil((hi - lo) / a.width / PLOT_BINS))
+    b = store.bins(miner, a.since, a.until, width)
+    segs = find_segments(b, store.events(miner, a.since, a.until), a.policy)
+    return b, steady_mask(len(b), segs)
+
+
+def plot_timeseries(miner: str, b: Bins, steady: np.ndarray, path: Path) -> None:
     colors = _colors(sorted({str(c) for c in b.config}))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), dpi=100, sharex=True)
     t = (b.start - b.start[0]) / 3600.0 if len(b) else b.start
@@ -80,15 +98,13 @@ def plot_timeseries(m: MinerAnalysis, path: Path) -> None:
     ax2.set_ylabel("chip (°C)")
     ax2.set_xlabel(f"hours since {fmt_time(float(b.start[0])) if len(b) else ''}")
     ax1.legend(loc="best", fontsize=7, markerscale=4, ncol=2)
-    ax1.set_title(f"{m.miner}: {b.width:g}-s bins coloured by clock config")
+    ax1.set_title(f"{miner}: {b.width:g}-s bins coloured by clock config")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_temp_power(m: MinerAnalysis, path: Path) -> None:
-    b = m.bins
-    steady = steady_mask(len(b), m.segments)
+def plot_temp_power(miner: str, b: Bins, steady: np.ndarray, path: Path) -> None:
     colors = _colors(sorted({str(c) for c in b.config}))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     for cfg, col in colors.items():
@@ -98,7 +114,7 @@ def plot_temp_power(m: MinerAnalysis, path: Path) -> None:
                     alpha=0.6)
     ax.set_xlabel("power (W)")
     ax.set_ylabel("chip temperature (°C)")
-    ax.set_title(f"{m.miner}: chip temperature vs power (steady bins)")
+    ax.set_title(f"{miner}: chip temperature vs power (steady bins)")
     ax.legend(loc="best", fontsize=7, markerscale=3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -123,19 +139,21 @@ def _tables(a: Analysis, tolerance: float) -> dict[str, tuple[list[str], list[li
     return out
 
 
-def write_report(a: Analysis, out_dir: Path, fmt: str, tolerance: float = 5.0) -> list[Path]:
+def write_report(a: Analysis, store: Store, out_dir: Path, fmt: str, tolerance: float = 5.0) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, list[tuple[str, str]]] = {}
     for name, m in a.miners.items():
-        if not len(m.bins):
+        if not m.bins:
             continue
         slug = _slug(name)
         imgs = [(f"{slug}-efficiency.png", "J/TH vs hashrate with the Pareto frontier"),
                 (f"{slug}-timeseries.png", "hashrate and chip temperature over time, by config"),
                 (f"{slug}-temp-power.png", "chip temperature vs power")]
         plot_efficiency(m, out_dir / imgs[0][0])
-        plot_timeseries(m, out_dir / imgs[1][0])
-        plot_temp_power(m, out_dir / imgs[2][0])
+        b, steady = plot_bins(a, store, name)  # one miner's bins at a time
+        plot_timeseries(name, b, steady, out_dir / imgs[1][0])
+        plot_temp_power(name, b, steady, out_dir / imgs[2][0])
+        del b, steady
         images[name] = imgs
     tables = _tables(a, tolerance)
     files = [out_dir / f for imgs in images.values() for f, _ in imgs]

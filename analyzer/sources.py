@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
-from analyzer.data import Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
+from analyzer.data import CHANGE_KINDS, Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
 from bridge.store.sqlite import open_readonly
 
 AGG_MEANS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
@@ -28,10 +29,20 @@ class StoreError(Exception):
 
 class Store(Protocol):
     name: str
+    chunk_s: float  # how much history one bins() query should cover when a history is streamed
+    threads: int  # miners read at once, each through its own worker()
+
+    def worker(self) -> Store:
+        """A store for use from another thread (itself, when it is safe to share)."""
+        ...
 
     def miners(self) -> list[str]: ...
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins: ...
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
+        """Bins of the range; `counter_min=False` leaves the counters' minima out (NaN): only a segment whose
+        first bin is already steady reads them, and each aggregate costs the database time per bin."""
+        ...
 
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples: ...
 
@@ -45,6 +56,15 @@ class Store(Protocol):
         """Time of the first and the last reading of the miner, None when it has none."""
         ...
 
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        """A token describing the miner's readings and change events before `before`, for `changed`."""
+        ...
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        """The earliest time before `before` at which the miner's readings or change events differ from
+        when `mark` was taken: math.inf when nothing changed, -math.inf when the store cannot tell."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -55,7 +75,7 @@ def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) ->
     cols = list(zip(*rows, strict=True))
 
     def f(i: int) -> np.ndarray:
-        return np.asarray([np.nan if v is None else v for v in cols[i]], dtype=float)
+        return np.asarray(cols[i], dtype=float)  # None (no value in the bin) becomes NaN
 
     k = 4 + len(AGG_MEANS)
     cmax = {c: f(k + 3 + 2 * j) for j, c in enumerate(COUNTERS)}
@@ -68,6 +88,10 @@ def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) ->
 # --------------------------------------------------------------------------------------------- SQLite
 class SqliteStore:
     """The bridge's embedded store (SCHEMA.md), opened read-only so a running bridge is never disturbed."""
+
+    chunk_s = 86400.0
+    # SQLite aggregates in the calling thread without the GIL: one connection per core reads miners at once.
+    threads = os.cpu_count() or 1
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -90,6 +114,10 @@ class SqliteStore:
         self.columns = cols
         ev = {r[1] for r in self.db.execute("PRAGMA table_info(events)")}
         self.has_events = bool(ev)
+        self._new_rows: dict[tuple[str, int], dict[str, float]] = {}
+
+    def worker(self) -> SqliteStore:
+        return SqliteStore(self.path)  # a connection belongs to one thread
 
     def _col(self, key: str, agg: str = "") -> str:
         if key not in self.columns:
@@ -119,7 +147,12 @@ class SqliteStore:
             raise StoreError(f"SQLite store {self.path}: query failed ({exc})") from None
 
     def miners(self) -> list[str]:
-        return sorted(r[0] for r in self._query("SELECT DISTINCT miner FROM readings", []))
+        # One index seek per miner (SELECT DISTINCT would walk every reading of a year).
+        out: list[str] = []
+        while rows := self._query("SELECT miner FROM readings WHERE miner > ? ORDER BY miner LIMIT 1",
+                                  [out[-1] if out else ""]):
+            out.append(rows[0][0])
+        return out
 
     def flagged(self, miner: str, since: float | None, until: float | None) -> int:
         if IMPLAUSIBLE not in self.columns:
@@ -130,15 +163,18 @@ class SqliteStore:
         return int(rows[0][0])
 
     def span(self, miner: str) -> tuple[float, float] | None:
-        (first, last), = self._query("SELECT MIN(time), MAX(time) FROM readings WHERE miner = ?", [miner])
+        # Two statements: SQLite answers a lone MIN or MAX from the (miner, time) index in one seek.
+        (first,), = self._query("SELECT MIN(time) FROM readings WHERE miner = ?", [miner])
+        (last,), = self._query("SELECT MAX(time) FROM readings WHERE miner = ?", [miner])
         return None if first is None else (float(first), float(last))
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
         where, args = self._where(miner, since, until)
         aggs = [self._col("hashrate", "COUNT"), *(self._col(k, "AVG") for k in AGG_MEANS),
                 self._col(UPTIME, "MIN"), self._col(UPTIME, "MAX"), self._col(OVERHEAT, "MAX")]
         for c in COUNTERS:
-            aggs += [self._col(c, "MAX"), self._col(c, "MIN")]
+            aggs += [self._col(c, "MAX"), self._col(c, "MIN") if counter_min else "NULL"]
         sql = (f"SELECT CAST(time / ? AS INTEGER) * ? AS b, config, firmware, {', '.join(aggs)} "
                f"FROM readings WHERE {where} GROUP BY b, config, firmware")
         return _bins_from_columns(miner, width, self._query(sql, [width, width, *args]))
@@ -150,6 +186,41 @@ class SqliteStore:
                            args)
         return samples_from_rows(miner, rows)
 
+    def _last_row(self, table: str) -> list[Any]:
+        row = self._query(f"SELECT rowid, miner, time FROM {table} WHERE rowid = (SELECT MAX(rowid) FROM {table})", [])
+        return list(row[0]) if row else [0, None, None]
+
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        # The bridge only appends: a reading or event stored later has a larger rowid than any before.
+        return {"readings": self._last_row("readings"), "events": self._last_row("events") if self.has_events
+                else [0, None, None]}
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        earliest = math.inf
+        for table, extra in (("readings", ""), ("events", f" AND kind IN ({_kinds()})")):
+            if table == "events" and not self.has_events:
+                continue
+            rowid, who, when = mark[table]
+            if rowid:
+                # VACUUM may renumber rowids of a table without an INTEGER PRIMARY KEY: then nothing can
+                # be told from them.
+                row = self._query(f"SELECT miner, time FROM {table} WHERE rowid = ?", [rowid])
+                if not row or list(row[0]) != [who, when]:
+                    return -math.inf
+            t = self._added(table, extra, rowid).get(miner)
+            if t is not None and t < before:
+                earliest = min(earliest, t)
+        return earliest
+
+    def _added(self, table: str, extra: str, rowid: int) -> dict[str, float]:
+        """Per miner, the oldest time among rows stored after `rowid` (one pass over them for all miners)."""
+        key = (table, rowid)
+        if key not in self._new_rows:
+            # "+miner", "time + 0": walk the new rows by rowid, not an index over the whole history.
+            self._new_rows[key] = {m: float(t) for m, t in self._query(
+                f"SELECT miner, MIN(time + 0) FROM {table} WHERE rowid > ?{extra} GROUP BY +miner", [rowid])}
+        return self._new_rows[key]
+
     def events(self, miner: str | None, since: float | None, until: float | None) -> list[EventRow]:
         if not self.has_events:
             return []
@@ -160,6 +231,10 @@ class SqliteStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _kinds() -> str:
+    return ", ".join(f"'{k}'" for k in sorted(CHANGE_KINDS))
 
 
 def _json_obj(text: Any) -> dict[str, Any]:
@@ -195,7 +270,12 @@ class InfluxStore:
     Aggregation runs in the database (GROUP BY time(bin), config, firmware); only bins cross the wire.
     """
 
-    concurrent = True  # one HTTP request per call: safe to query several miners from threads
+    threads = 3  # one HTTP request per call; each mostly waits on the server
+    chunk_s = 7 * 86400.0
+    # InfluxDB keeps no insertion order: late points (the bridge's spool replaying an outage) are found by
+    # counting per hour over this much time before the saved watermark. The spool holds ~2 days of 10
+    # miners at its default size; data changed earlier than this is not noticed (--rebuild).
+    verify_s = 7 * 86400.0
 
     def __init__(self, url: str, database: str, *, username: str | None = None,
                  password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
@@ -209,6 +289,9 @@ class InfluxStore:
         self.event_measurement = event_measurement
         self.timeout = timeout
         self._check()
+
+    def worker(self) -> InfluxStore:
+        return self
 
     def _check(self) -> None:
         res = self.query("SHOW MEASUREMENTS LIMIT 1")
@@ -299,14 +382,15 @@ class InfluxStore:
                            f"WHERE {self._where(miner, *rng)} AND {_q(IMPLAUSIBLE)} != 0")
         return sum(int(v[1] or 0) for s in found for v in s.values)
 
-    def bins(self, miner: str, since: float | None, until: float | None, width: float) -> Bins:
+    def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
+             counter_min: bool = True) -> Bins:
         rng = self._range(miner, since, until)
         if rng is None:
             return empty_bins(miner, width)
         aggs = ["COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
                 f"MIN({_q(UPTIME)})", f"MAX({_q(UPTIME)})", f"MAX({_q(OVERHEAT)})"]
         for c in COUNTERS:
-            aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"]
+            aggs += [f"MAX({_q(c)})", f"MIN({_q(c)})"] if counter_min else [f"MAX({_q(c)})"]
         w = round(width * 1000)
         where = self._where(miner, *rng)
         q = (f"SELECT {', '.join(aggs)} FROM {_q(self.measurement)} WHERE {where} "
@@ -320,8 +404,10 @@ class InfluxStore:
                 tainted.update(v[0] / 1000.0 for v in s.values)
                 continue
             cfg, fw = s.tags.get("config", ""), s.tags.get("firmware", "")
+            head = 5 + len(AGG_MEANS)  # time, n, the means, uptime min and max, overheat; then the counters
             for v in s.values:
-                rows.append((v[0] / 1000.0, cfg, fw, *v[1:]))
+                tail = v[head:] if counter_min else [x for m in v[head:] for x in (m, None)]
+                rows.append((v[0] / 1000.0, cfg, fw, *v[1:head], *tail))
         bins = _bins_from_columns(miner, width, rows)
         if not tainted:
             return bins
@@ -350,6 +436,30 @@ class InfluxStore:
                     row = tuple(None if i is None else v[i] for i in idx)
                     rows.append((float(row[0] or 0.0) / 1000.0, *row[1:]))
         return rows
+
+    def _hourly(self, miner: str, before: float) -> dict[str, list[int]]:
+        where = self._where(miner, before - self.verify_s, before)
+        q = (f"SELECT COUNT(hashrate), COUNT({_q(IMPLAUSIBLE)}) FROM {_q(self.measurement)} WHERE {where} "
+             f"GROUP BY time(1h) fill(none); SELECT COUNT(message) FROM {_q(self.event_measurement)} WHERE "
+             f"{where} AND ({' OR '.join(f'kind = {_s(k)}' for k in sorted(CHANGE_KINDS))}) "
+             f"GROUP BY time(1h) fill(none)")
+        out: dict[str, list[int]] = {}
+        for series in self.query(q):
+            for v in series.values:
+                counts = out.setdefault(str(int(v[0])), [0, 0, 0])
+                for i, x in enumerate(v[1:]):
+                    counts[series.statement * 2 + i] += int(x or 0)
+        return out
+
+    def mark(self, miner: str, before: float) -> dict[str, Any]:
+        return {"before": before, "hours": self._hourly(miner, before)}
+
+    def changed(self, miner: str, mark: dict[str, Any], before: float) -> float:
+        then: dict[str, list[int]] = mark["hours"]
+        now = self._hourly(miner, float(mark["before"]))
+        lo = (float(mark["before"]) - self.verify_s) * 1000.0
+        diff = [float(h) / 1000.0 for h in {*then, *now} if then.get(h) != now.get(h) and float(h) >= lo]
+        return min(diff, default=math.inf)
 
     def samples(self, miner: str, since: float | None, until: float | None) -> Samples:
         rng = self._range(miner, since, until)

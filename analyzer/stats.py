@@ -11,14 +11,26 @@ are ratios of sums, with the delta-method (ratio estimator) variance of the batc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
 
-from analyzer.columns import COUNTERS, MEAN_KEYS
-from analyzer.data import Bins
+from analyzer.columns import COUNTERS
+from analyzer.data import STEADY_KEYS, Bins, Steady
 from analyzer.segments import Segment
+from analyzer.sums import (
+    PAIR_GROUP,
+    REJECT_GROUP,
+    BatchSums,
+    ConfigSums,
+    Correlation,
+    Moments,
+    NeedLags,
+    RatioSums,
+    correlation,
+)
 
 LEVEL = 0.95
 MIN_BATCHES = 4  # fewer and the interval is not worth printing ("too little data")
@@ -38,57 +50,6 @@ def t_quantile(df: float, level: float = LEVEL) -> float:
     return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
             + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
-
-
-@dataclass(frozen=True, slots=True)
-class Correlation:
-    """Integrated autocorrelation time τ = 1 + 2Σρₖ and the batch-means bias term Γ = 2Σk·ρₖ / τ (samples)."""
-
-    tau: float
-    gamma: float
-
-    def bias_factor(self, b: int) -> float:
-        """Batch means of length b underestimate the variance of the mean by ≈ Γ/b (first order): undo it."""
-        return 1.0 / (1.0 - min(0.5, max(0.0, self.gamma / b)))
-
-
-def integrated_tau(pieces: list[np.ndarray], max_frac: float = 0.25, c: float = 5.0) -> Correlation | None:
-    """Integrated autocorrelation time (in samples) of a series cut into pieces (one per segment).
-
-    Autocovariances are pooled over pieces around the grand mean (between-segment shifts count as
-    correlation, which keeps the interval honest), summed with Sokal's automatic window M ≥ c·τ(M).
-    None when there is too little data to say.
-    """
-    pieces = [p[~np.isnan(p)] for p in pieces]
-    pieces = [p for p in pieces if p.size >= 2]
-    total = sum(p.size for p in pieces)
-    if total < 16:
-        return None
-    mu = np.concatenate(pieces).mean()
-    max_lag = max(2, int(max(p.size for p in pieces) * max_frac))
-    acov = np.zeros(max_lag + 1)
-    counts = np.zeros(max_lag + 1)
-    for p in pieces:
-        x = p - mu
-        m = x.size
-        nfft = 1 << (2 * m - 1).bit_length()
-        f = np.fft.rfft(x, nfft)
-        ac = np.fft.irfft(f * np.conj(f), nfft)[: min(m, max_lag + 1)]
-        acov[: ac.size] += ac
-        counts[: ac.size] += np.arange(m, m - ac.size, -1)
-    if acov[0] <= 0:
-        return Correlation(1.0, 0.0)
-    ok = counts > 0
-    rho = np.zeros_like(acov)
-    rho[ok] = (acov[ok] / counts[ok]) / (acov[0] / counts[0])
-    tau, gamma = 1.0, 0.0
-    for lag in range(1, max_lag + 1):
-        tau += 2.0 * rho[lag]
-        gamma += 2.0 * lag * rho[lag]
-        if lag >= c * tau:
-            break
-    tau = max(1.0, float(tau))
-    return Correlation(tau, max(0.0, float(gamma)) / tau)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,72 +89,23 @@ class Estimate:
                 "note": self.note}
 
 
+def mean_estimate(x: np.ndarray) -> Estimate:
+    """The mean of independent values with its t interval (NaNs ignored); the tuner's error-rate check."""
+    x = x[~np.isnan(x)]
+    m = x.size
+    if m == 0:
+        return Estimate(math.nan, note="no data")
+    mean = float(x.mean())
+    if m < MIN_BATCHES:
+        return Estimate(mean, batches=m, note="too little data for an interval")
+    return Estimate(mean, se=float(x.std(ddof=1)) / math.sqrt(m), df=m - 1, batches=m)
+
+
 def _clean(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
 NO_DATA = Estimate(math.nan, note="no data")
-
-
-@dataclass(frozen=True)
-class Batches:
-    """Batch means of several metrics over the same batch partition."""
-
-    weight: np.ndarray  # readings per batch
-    means: dict[str, np.ndarray]
-    length: float = 1.0  # mean batch length in bins
-
-
-def batch_partition(lengths: list[int], b: int) -> list[list[tuple[int, int]]]:
-    """Split each piece of the given length into ⌊L/b⌋ (at least 1) near-equal consecutive batches."""
-    out = []
-    for L in lengths:
-        m = max(1, L // b) if L > 0 else 0
-        edges = np.linspace(0, L, m + 1).round().astype(int) if m else np.zeros(1, dtype=int)
-        out.append([(int(edges[i]), int(edges[i + 1])) for i in range(m)])
-    return out
-
-
-def batch_size(corr: Correlation | None, n_bins: int) -> int | None:
-    """Batch length in bins: ≥ BATCH_TAUS·τ; shortened (never below 2τ) to get MIN_BATCHES+2 batches."""
-    if corr is None:
-        return None
-    tau = corr.tau
-    b = math.ceil(BATCH_TAUS * tau)
-    if n_bins // b < MIN_BATCHES + 2:
-        b = max(math.ceil(2.0 * tau), n_bins // (MIN_BATCHES + 2), 1)
-    return max(1, b)
-
-
-def weighted_mean_estimate(x: np.ndarray, w: np.ndarray, tau_s: float | None, inflate: float = 1.0
-                           ) -> Estimate:
-    ok = ~np.isnan(x) & (w > 0)
-    x, w = x[ok], w[ok]
-    if x.size == 0:
-        return NO_DATA
-    mean = float((w * x).sum() / w.sum())
-    m = x.size
-    if m < MIN_BATCHES:
-        return Estimate(mean, batches=m, tau_s=tau_s, note="too little data for an interval")
-    var = inflate * m / (m - 1) * float((w * w * (x - mean) ** 2).sum()) / float(w.sum()) ** 2
-    return Estimate(mean, se=math.sqrt(var), df=m - 1, batches=m, tau_s=tau_s)
-
-
-def ratio_estimate(num: np.ndarray, den: np.ndarray, w: np.ndarray, scale: float, tau_s: float | None,
-                   inflate: float = 1.0) -> Estimate:
-    """scale · Σw·num / Σw·den with the delta-method variance Var(R) ≈ Var(mean(num − R·den)) / mean(den)²."""
-    ok = ~np.isnan(num) & ~np.isnan(den) & (w > 0)
-    num, den, w = num[ok], den[ok], w[ok]
-    if num.size == 0 or float((w * den).sum()) <= 0:
-        return NO_DATA
-    dbar = float((w * den).sum() / w.sum())
-    r = float((w * num).sum() / (w * den).sum())
-    m = num.size
-    if m < MIN_BATCHES:
-        return Estimate(scale * r, batches=m, tau_s=tau_s, note="too little data for an interval")
-    resid = num - r * den
-    var_mean = inflate * m / (m - 1) * float((w * w * resid**2).sum()) / float(w.sum()) ** 2
-    return Estimate(scale * r, se=abs(scale) * math.sqrt(var_mean) / dbar, df=m - 1, batches=m, tau_s=tau_s)
 
 
 @dataclass(frozen=True)
@@ -248,108 +160,164 @@ class Gates:
     max_not_hashing: float = 0.01  # fraction of steady time with hashrate 0 while powered
 
 
-def _pieces(values: np.ndarray, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-    return [values[a:b] for a, b in ranges]
+def batch_size(corr: Correlation | None, n_bins: int) -> int | None:
+    """Batch length in bins: ≥ BATCH_TAUS·τ; shortened (never below 2τ) to get MIN_BATCHES+2 batches."""
+    if corr is None:
+        return None
+    tau = corr.tau
+    b = math.ceil(BATCH_TAUS * tau)
+    if n_bins // b < MIN_BATCHES + 2:
+        b = max(math.ceil(2.0 * tau), n_bins // (MIN_BATCHES + 2), 1)
+    return max(1, b)
 
 
-def _share_deltas(bins: Bins, ranges: list[tuple[int, int]], seg_los: list[int]) -> dict[str, np.ndarray]:
-    """Shares counted in each bin: MAX of the counter minus the previous bin's MAX inside the segment."""
-    out: dict[str, np.ndarray] = {}
-    for c in COUNTERS:
-        mx, mn = bins.counter_max[c], bins.counter_min[c]
-        d = np.full(len(bins), np.nan)
-        for (a, b), lo in zip(ranges, seg_los, strict=True):
-            start = max(a, lo)
-            prev = mx[start - 1] if start > lo else mn[start]
-            seg = mx[start:b]
-            d[start:b] = np.diff(np.concatenate([[prev], seg]))
-        out[c] = np.where(d < 0, np.nan, d)  # a counter reset the segmentation missed: not a share count
-    return out
+def integrated_tau(pieces: list[np.ndarray]) -> Correlation | None:
+    """Integrated autocorrelation time (in samples) of a series cut into pieces (one per segment)."""
+    lags = max([0, *(p.size for p in pieces)])
+    mo = Moments(lags=max(2, lags))
+    for p in pieces:
+        mo.add(p, np.ones_like(p))
+    return correlation(mo)
 
 
-def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) -> list[ConfigStats]:
-    """Statistics per clock config of one miner, merging all its segments at that config."""
-    out: list[ConfigStats] = []
-    by_cfg: dict[str, list[Segment]] = {}
-    for s in segments:
-        by_cfg.setdefault(s.config, []).append(s)
-    for cfg, segs in by_cfg.items():
-        out.append(_one_config(bins, cfg, segs, gates))
-    return out
+@dataclass
+class ConfigData:
+    """One config of one miner as the statistics read it.
+
+    `closed` holds the sums of the pieces (steady bins of segments) already counted, `recent` the
+    pieces that are not; `reread` yields the counted pieces' bins again, for the rare case that the
+    sums cannot answer (a new batch length, a correlation time beyond MAX_LAG bins). After
+    `config_stats_from`, `closed` has the batch sums for this run's batch lengths.
+    """
+
+    miner: str
+    config: str
+    width: float
+    segments: list[Segment]
+    closed: ConfigSums
+    recent: list[Steady]
+    reread: Callable[[], Iterable[Steady]]
 
 
-def _one_config(bins: Bins, cfg: str, segs: list[Segment], gates: Gates) -> ConfigStats:
-    w_bin = bins.width
-    ranges = [(s.steady, s.hi) for s in segs if s.hi > s.steady]
-    los = [s.lo for s in segs if s.hi > s.steady]
-    weights = bins.n
-    n_samples = int(sum(weights[a:b].sum() for a, b in ranges))
-    steady_s = sum(s.steady_s for s in segs)
-    warm_s = sum(min(s.warmup_s, s.end - s.start) for s in segs)
-    overheats = sum(1 for s in segs if s.overheat)
-    restarts = sum(1 for s in segs if s.ended_by == "restart")
-    n_bins = sum(b - a for a, b in ranges)
-    est: dict[str, Estimate] = {}
-    notes: list[str] = []
-    taus: dict[str, Correlation | None] = {}
-    for key in (*MEAN_KEYS, "not_hashing"):
-        taus[key] = integrated_tau(_pieces(bins.mean[key], ranges)) if ranges else None
+def _mean(mo: Moments) -> float:
+    return mo.c + mo.pwx / mo.pw if mo.pw > 0 else math.nan
 
-    def batches(b: int | None, keys: tuple[str, ...]) -> Batches | None:
-        if b is None:
-            return None
-        parts = batch_partition([r[1] - r[0] for r in ranges], b)
-        wts: list[float] = []
-        means: dict[str, list[float]] = {k: [] for k in keys}
-        for (a, _), part in zip(ranges, parts, strict=True):
-            for i, j in part:
-                ww = weights[a + i:a + j]
-                wts.append(float(ww.sum()))
-                for k in keys:
-                    x = bins.mean[k][a + i:a + j]
-                    ok = ~np.isnan(x) & (ww > 0)
-                    means[k].append(float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else np.nan)
-        return Batches(np.asarray(wts), {k: np.asarray(v) for k, v in means.items()},
-                       length=n_bins / max(1, len(wts)))
+
+def _weighted(mo: Moments, bs: BatchSums, tau_s: float | None, inflate: float) -> Estimate:
+    m = bs.m
+    sw, swx, sw2, sw2x, sw2xx = (float(v) for v in bs.v)
+    if m == 0 or sw <= 0:
+        return NO_DATA
+    xb = swx / sw
+    mean = mo.c + xb
+    if m < MIN_BATCHES:
+        return Estimate(mean, batches=m, tau_s=tau_s, note="too little data for an interval")
+    ss = max(0.0, sw2xx - 2.0 * xb * sw2x + xb * xb * sw2)
+    var = inflate * m / (m - 1) * ss / sw**2
+    return Estimate(mean, se=math.sqrt(var), df=m - 1, batches=m, tau_s=tau_s)
+
+
+def _ratio(rs: RatioSums, scale: float, tau_s: float | None, inflate: float, invert: bool = False) -> Estimate:
+    """scale · ΣW·num / ΣW·den, delta-method variance Var(R) ≈ Var(mean(num − R·den)) / mean(den)²."""
+    m = rs.m
+    sw, sn, sd, snn, snd, sdd = (float(v) for v in rs.v)
+    if invert:
+        sn, sd, snn, sdd = sd, sn, sdd, snn
+    if m == 0 or sd <= 0:
+        return NO_DATA
+    r = sn / sd
+    if m < MIN_BATCHES:
+        return Estimate(scale * r, batches=m, tau_s=tau_s, note="too little data for an interval")
+    dbar = sd / sw
+    ss = max(0.0, snn - 2.0 * r * snd + r * r * sdd)
+    var_mean = inflate * m / (m - 1) * ss / sw**2
+    return Estimate(scale * r, se=abs(scale) * math.sqrt(var_mean) / dbar, df=m - 1, batches=m, tau_s=tau_s)
+
+
+def _correlations(data: ConfigData, total: ConfigSums) -> dict[str, Correlation | None]:
+    try:
+        return {k: correlation(mo) for k, mo in total.moments.items()}
+    except NeedLags as more:
+        # A correlation time beyond MAX_LAG bins: the kept lags cannot answer, the bins can.
+        wide = ConfigSums(lags=more.lags)
+        for p in (*data.reread(), *data.recent):
+            wide.add(p)
+        return {k: correlation(mo) for k, mo in wide.moments.items()}
+
+
+def config_stats_from(data: ConfigData, gates: Gates = Gates()) -> ConfigStats:
+    """Statistics of one config from its sums: the same numbers as from its bins (tests/analyzer)."""
+    segs = data.segments
+    w_bin = data.width
+    lengths = [s.hi - s.steady for s in segs if s.hi > s.steady]
+    n_bins = sum(lengths)
+    moments = data.closed.copy()  # τ first: it sets the batch lengths
+    for p in data.recent:
+        moments.add(p)
+    taus = _correlations(data, moments) if n_bins else dict.fromkeys(STEADY_KEYS)
+    pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
+    corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
+    sizes = {k: b for k, c in taus.items() if (b := batch_size(c, n_bins)) is not None}
+    b_pair = batch_size(corr, n_bins) if n_bins else None
+    b_reject = batch_size(taus["hashrate"], n_bins) or max(1, n_bins)
+    stale = data.closed.retarget({**{k: sizes.get(k) for k in STEADY_KEYS}, PAIR_GROUP: b_pair,
+                                  REJECT_GROUP: b_reject})
+    if stale:
+        # A batch length outside the kept window: those batch sums are made again from the stored bins.
+        for p in data.reread():
+            data.closed.add_batches(p, groups=stale)
+    total = data.closed.copy()
+    for p in data.recent:
+        total.add(p)
 
     def seconds(c: Correlation | None) -> float | None:
         return None if c is None else c.tau * w_bin
 
-    def inflate(c: Correlation | None, bt: Batches) -> float:
-        return 1.0 if c is None else c.bias_factor(max(1, round(bt.length)))
+    def inflate(c: Correlation | None, b: int) -> float:
+        batches = sum(max(1, n // b) for n in lengths)
+        return 1.0 if c is None else c.bias_factor(max(1, round(n_bins / max(1, batches))))
 
-    for key in (*MEAN_KEYS, "not_hashing"):
-        if not ranges:
+    est: dict[str, Estimate] = {}
+    for key in STEADY_KEYS:
+        mo = total.moments[key]
+        if not n_bins:
             est[key] = NO_DATA
-            continue
-        bt = batches(batch_size(taus[key], n_bins), (key,))
-        if bt is None:
-            # fewer than 16 steady bins: a point estimate only
-            x = np.concatenate(_pieces(bins.mean[key], ranges))
-            ww = np.concatenate(_pieces(weights, ranges))
-            ok = ~np.isnan(x) & (ww > 0)
-            v = float((x[ok] * ww[ok]).sum() / ww[ok].sum()) if ok.any() else math.nan
-            est[key] = Estimate(v, note="too little data for an interval")
+        elif key not in sizes:  # fewer than 16 values: a point estimate only
+            est[key] = Estimate(_mean(mo), note="too little data for an interval")
         else:
-            est[key] = weighted_mean_estimate(bt.means[key], bt.weight, seconds(taus[key]),
-                                              inflate(taus[key], bt))
-    # Ratios share one partition: batches long enough for the slower of power and hashrate.
-    pair = [t for t in (taus["power"], taus["hashrate"]) if t is not None]
-    corr = Correlation(max(c.tau for c in pair), max(c.gamma for c in pair)) if len(pair) == 2 else None
-    bt = batches(batch_size(corr, n_bins), ("power", "hashrate")) if ranges else None
-    if bt is not None:
-        est["j_per_th"] = ratio_estimate(bt.means["power"], bt.means["hashrate"], bt.weight, 1000.0,
-                                         seconds(corr), inflate(corr, bt))
-        est["gh_per_w"] = ratio_estimate(bt.means["hashrate"], bt.means["power"], bt.weight, 1.0,
-                                         seconds(corr), inflate(corr, bt))
+            bs = total.sums(key, sizes[key])
+            assert isinstance(bs, BatchSums)
+            est[key] = _weighted(mo, bs, seconds(taus[key]), inflate(taus[key], sizes[key]))
+    if b_pair is not None:
+        ratio = total.sums(PAIR_GROUP, b_pair)
+        assert isinstance(ratio, RatioSums)
+        f = inflate(corr, b_pair)
+        est["j_per_th"] = _ratio(ratio, 1000.0, seconds(corr), f)
+        est["gh_per_w"] = _ratio(ratio, 1.0, seconds(corr), f, invert=True)
     else:
-        p, h = est["power"].value, est["hashrate"].value
+        pw, hr = est["power"].value, est["hashrate"].value
         note = "too little data for an interval"
-        est["j_per_th"] = Estimate(p / h * 1000.0 if h > 0 else math.nan, note=note)
-        est["gh_per_w"] = Estimate(h / p if p > 0 else math.nan, note=note)
-    est["reject_pct"] = _reject_estimate(bins, ranges, los, batch_size(taus["hashrate"], n_bins))
+        est["j_per_th"] = Estimate(pw / hr * 1000.0 if hr > 0 else math.nan, note=note)
+        est["gh_per_w"] = Estimate(hr / pw if pw > 0 else math.nan, note=note)
+    if not n_bins:
+        est["reject_pct"] = NO_DATA
+    elif (rej := total.sums(REJECT_GROUP, b_reject)).v[2] <= 0:
+        est["reject_pct"] = Estimate(math.nan, note="no shares")
+    else:
+        # Batches weighted by their share count: Σrej/Σshares, the pooled reject rate.
+        assert isinstance(rej, RatioSums)
+        est["reject_pct"] = _ratio(rej, 100.0, None, 1.0)
+    return _verdict(data, est, total.weight, n_bins, gates)
+
+
+def _verdict(data: ConfigData, est: dict[str, Estimate], weight: float, n_bins: int, gates: Gates
+             ) -> ConfigStats:
+    segs = data.segments
+    overheats = sum(1 for s in segs if s.overheat)
+    restarts = sum(1 for s in segs if s.ended_by == "restart")
+    notes: list[str] = []
     if n_bins and n_bins < 16:
-        notes.append(f"only {n_bins} steady bins of {w_bin:g} s: too little data for intervals")
+        notes.append(f"only {n_bins} steady bins of {data.width:g} s: too little data for intervals")
     flags: list[str] = []
     err = est["error_pct"].value
     if math.isfinite(err) and err > gates.max_error_pct:
@@ -367,29 +335,35 @@ def _one_config(bins: Bins, cfg: str, segs: list[Segment], gates: Gates) -> Conf
     fws = tuple(sorted({s.firmware for s in segs}))
     if len(fws) > 1:
         notes.append("several firmware versions merged (hashrate readings changed ~v2.11)")
-    return ConfigStats(bins.miner, cfg, fws, len(segs), steady_s, warm_s, n_samples, est, overheats,
+    steady_s = sum(s.steady_s for s in segs)
+    warm_s = sum(min(s.warmup_s, s.end - s.start) for s in segs)
+    return ConfigStats(data.miner, data.config, fws, len(segs), steady_s, warm_s, int(weight), est, overheats,
                        restarts, tuple(flags), tuple(notes))
 
 
-def _reject_estimate(bins: Bins, ranges: list[tuple[int, int]], los: list[int], b: int | None) -> Estimate:
-    if not ranges:
-        return NO_DATA
-    d = _share_deltas(bins, ranges, los)
-    acc, rej = d["shares_accepted"], d["shares_rejected"]
-    if b is None:
-        b = max(1, sum(r[1] - r[0] for r in ranges))
-    parts = batch_partition([r[1] - r[0] for r in ranges], b)
-    rj, tot = [], []
-    for (a, _), part in zip(ranges, parts, strict=True):
-        for i, j in part:
-            r_, t_ = np.nansum(rej[a + i:a + j]), np.nansum(acc[a + i:a + j]) + np.nansum(rej[a + i:a + j])
-            rj.append(r_)
-            tot.append(t_)
-    rj_a, tot_a = np.asarray(rj, dtype=float), np.asarray(tot, dtype=float)
-    if tot_a.sum() <= 0:
-        return Estimate(math.nan, note="no shares")
-    # Batches are weighted by their share count: Σrej/Σshares, the pooled reject rate.
-    return ratio_estimate(rj_a, tot_a, np.ones_like(tot_a), 100.0, None)
+def config_stats(bins: Bins, segments: list[Segment], gates: Gates = Gates()) -> list[ConfigStats]:
+    """Statistics per clock config of one miner's bins held in memory, merging its segments at each config."""
+    by_cfg: dict[str, list[Segment]] = {}
+    for s in segments:
+        by_cfg.setdefault(s.config, []).append(s)
+    out = []
+    for cfg, segs in by_cfg.items():
+        pieces = [_steady_of(bins, s) for s in segs if s.hi > s.steady]
+        out.append(config_stats_from(ConfigData(bins.miner, cfg, bins.width, segs, ConfigSums(), pieces,
+                                                lambda: ()), gates))
+    return out
+
+
+def _steady_of(bins: Bins, s: Segment) -> Steady:
+    """A segment's steady bins, with the shares counted in each (the counter maximum minus the previous
+    bin's, inside the segment)."""
+    a, z = s.steady, s.hi
+    shares = {}
+    for c in COUNTERS:
+        before = bins.counter_max[c][a - 1] if a > s.lo else bins.counter_min[c][a]
+        d = np.diff(np.concatenate([[before], bins.counter_max[c][a:z]]))
+        shares[c] = np.where(d < 0, np.nan, d)
+    return Steady(bins.n[a:z], {k: bins.mean[k][a:z] for k in STEADY_KEYS}, shares)
 
 
 # ----------------------------------------------------------------------------------------- comparisons

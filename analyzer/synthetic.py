@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -193,32 +194,42 @@ def _row_values(s: Samples, flags: np.ndarray | None = None) -> tuple[list[str],
     return keys, [*(s.fields[k] for k in RAW_FIELDS), jth, ghw, rej, np.zeros(len(s)) if flags is None else flags]
 
 
-def _tags(s: Samples, i: int) -> dict[str, str]:
-    f, v = str(s.config[i]).split("@")
-    return {"miner": s.miner, "miner_id": s.miner, "hostname": s.miner, "asic_model": "BM1370",
-            "board": "Gamma", "firmware": str(s.firmware[i]), "frequency_cfg": f, "core_voltage_cfg": v,
-            "config": str(s.config[i])}
+def _tag_columns(s: Samples) -> dict[str, list[str]]:
+    """Every tag of every reading, as columns (what _tags gives row by row)."""
+    n = len(s)
+    split = {c: str(c).split("@") for c in set(s.config.tolist())}
+    cfg = [str(c) for c in s.config.tolist()]
+    same = {"miner": s.miner, "miner_id": s.miner, "hostname": s.miner, "asic_model": "BM1370", "board": "Gamma"}
+    out = {k: [v] * n for k, v in same.items()}
+    out.update(firmware=[str(f) for f in s.firmware.tolist()], frequency_cfg=[split[c][0] for c in cfg],
+               core_voltage_cfg=[split[c][1] for c in cfg], config=cfg)
+    return out
+
+
+def sqlite_rows(s: Samples, flags: np.ndarray | None = None) -> tuple[list[str], Iterable[tuple[object, ...]]]:
+    """Column names and rows of the readings table for a history (None where a value is missing)."""
+    keys, arrays = _row_values(s, flags)
+    int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
+    tags = _tag_columns(s)
+    tag_names = [name for name, _ in TAGS]
+    cols: list[list[Any]] = [s.time.tolist(), *(tags[t] for t in tag_names)]
+    for k, a in zip(keys, arrays, strict=True):
+        values = a.tolist()
+        if k in int_keys:
+            cols.append([None if x != x else int(x) for x in values])
+        else:
+            cols.append([None if x != x else x for x in values])
+    return ["time", *tag_names, *keys], zip(*cols, strict=True)
 
 
 def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterable[EventRow] = (),
                  flags: Mapping[str, np.ndarray] | None = None) -> None:
     """The histories (and their `implausible` flags per miner, see _row_values) into a new SQLite store."""
     db = create_sqlite(path)
-    keys, _ = _row_values(Samples("", np.zeros(1), np.asarray(["1@1"], dtype=object),
-                                  np.asarray([""], dtype=object), {k: np.zeros(1) for k in RAW_FIELDS}))
-    tag_names = [name for name, _ in TAGS]
-    cols = ["time", *tag_names, *keys]
-    names = ", ".join(f'"{c}"' for c in cols)
-    sql = f"INSERT OR IGNORE INTO readings ({names}) VALUES ({', '.join('?' * len(cols))})"
-    int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
     for s in histories:
-        _, arrays = _row_values(s, (flags or {}).get(s.miner))
-        rows = []
-        for i in range(len(s)):
-            tags = _tags(s, i)
-            vals = [None if math.isnan(a[i]) else (int(a[i]) if k in int_keys else float(a[i]))
-                    for k, a in zip(keys, arrays, strict=True)]
-            rows.append((float(s.time[i]), *(tags[t] for t in tag_names), *vals))
+        names, rows = sqlite_rows(s, (flags or {}).get(s.miner))
+        quoted = ", ".join('"' + c + '"' for c in names)
+        sql = f"INSERT OR IGNORE INTO readings ({quoted}) VALUES ({', '.join('?' * len(names))})"
         db.executemany(sql, rows)
     db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
                    [(e.time, e.miner, e.kind, e.message, json.dumps(e.data)) for e in events])
@@ -234,17 +245,20 @@ def influx_lines(s: Samples, measurement: str = "bitaxe", flags: np.ndarray | No
     """Line protocol at ms precision, field types as SCHEMA.md says (int/bool -> integer fields)."""
     keys, arrays = _row_values(s, flags)
     int_keys = {m.key for m in STORE_METRICS if m.kind in ("int", "bool")}
+    tags = _tag_columns(s)
     tag_names = [name for name, _ in TAGS]
+    heads: dict[tuple[str, ...], str] = {}
+    columns = [a.tolist() for a in arrays]
+    stamps = np.round(s.time * 1000).astype(np.int64).tolist()
     for i in range(len(s)):
-        tags = _tags(s, i)
-        tag_s = ",".join(f"{t}={_esc_tag(tags[t])}" for t in tag_names if tags[t])
-        fields = []
-        for k, a in zip(keys, arrays, strict=True):
-            v = a[i]
-            if math.isnan(v):
-                continue
-            fields.append(f"{k}={int(v)}i" if k in int_keys else f"{k}={float(v)!r}")
-        yield f"{measurement},{tag_s} {','.join(fields)} {round(s.time[i] * 1000)}"
+        key = tuple(tags[t][i] for t in tag_names)
+        head = heads.get(key)
+        if head is None:
+            head = heads[key] = measurement + "," + ",".join(
+                f"{t}={_esc_tag(v)}" for t, v in zip(tag_names, key, strict=True) if v)
+        fields = [f"{k}={int(c[i])}i" if k in int_keys else f"{k}={c[i]!r}"
+                  for k, c in zip(keys, columns, strict=True) if c[i] == c[i]]
+        yield f"{head} {','.join(fields)} {stamps[i]}"
 
 
 def event_lines(events: Iterable[EventRow], measurement: str = "bitaxe_event") -> Iterable[str]:

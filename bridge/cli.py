@@ -63,7 +63,16 @@ def run(config_path: str, log_level: str | None, log_readings: bool) -> None:
     _prepare_paths(cfg)
     _setup_logging(log_level or cfg.log_level)
     log.info("bitaxe-bridge: %d miners every %g s (config %s)", len(cfg.miners), cfg.poll_interval, config_path)
-    asyncio.run(_run(cfg, log_readings))
+    from bridge.fleet import FleetError
+
+    try:
+        asyncio.run(_run(cfg, log_readings))
+    except* FleetError as group:
+        raise click.ClickException(" ".join(_leaves(group))) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[str]:
+    return [m for e in group.exceptions for m in (_leaves(e) if isinstance(e, BaseExceptionGroup) else [str(e)])]
 
 
 def _prepare_paths(cfg: BridgeConfig) -> None:

@@ -108,6 +108,7 @@ class InfluxConfig(_Strict):
     spool_dir: Path = Path("data/spool")
     spool_max_mb: float = Field(256, gt=0)
     verify_ssl: bool = True
+    gzip: bool = True  # compress writes (every InfluxDB and VictoriaMetrics accepts it): ~7× fewer bytes
 
     @model_validator(mode="after")
     def _credentials(self) -> InfluxConfig:
@@ -163,6 +164,8 @@ class PrometheusConfig(_Strict):
 
 class BridgeConfig(_Strict):
     miners: list[MinerConfig] = Field(min_length=1)
+    # Several bridges on one broker (docs/scaling.md): each its own name, bridge topics and MQTT client id.
+    instance: str | None = Field(None, pattern=NAME_RE, description="this bridge among several on one broker")
     poll_interval: float = Field(5, ge=0.2, le=3600)
     mqtt: MqttConfig | None = None
     sqlite: SqliteConfig | None = Field(default_factory=SqliteConfig)
@@ -184,7 +187,7 @@ class BridgeConfig(_Strict):
     def _unique(self) -> BridgeConfig:
         from bridge.discovery import Topics, bridge_id, entity_owners, slug  # it imports nothing of config
 
-        topics = Topics(self.mqtt.prefix) if self.mqtt is not None else Topics()
+        topics = Topics(self.mqtt.prefix, instance=self.instance) if self.mqtt is not None else Topics()
         seen: dict[str, int] = {}
         hosts: dict[str, int] = {}
         for i, m in enumerate(self.miners):

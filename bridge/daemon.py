@@ -11,11 +11,13 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from bridge.commands import Guard
 from bridge.config import BridgeConfig
+from bridge.fleet import claim_miners
 from bridge.mqtt import MqttBridge
 from bridge.poller import Poller
 from bridge.safety import Watchdog
@@ -86,7 +88,8 @@ class Bridge:
         sinks = {q.sink.name: {"queued": q.queue.qsize(), "dropped": q.dropped, "failed": q.failed}
                  for q in self.fanout.queues}
         doc: dict[str, object] = {
-            "time": now, "started": self.started, "uptime": round(now - self.started, 1),
+            "time": now, "interval": self.cfg.poll_interval, "started": self.started,
+            "uptime": round(now - self.started, 1),
             "miners": len(self.poller.miners), "online": sum(1 for s in states if s.online),
             "polls": sum(s.polls for s in states), "poll_errors": sum(s.errors for s in states),
             "live": sum(1 for s in states if s.live is not None and s.live.connected),
@@ -159,6 +162,15 @@ def make_session(cfg: BridgeConfig) -> aiohttp.ClientSession:
                                  raise_for_status=False)
 
 
+async def _finish(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a task and wait until it is done, whatever it raises (read later with task.result())."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+
+
 async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (), log_readings: bool = False,
                             stop: asyncio.Event | None = None, duration: float | None = None,
                             tour_every: float | None = None, time_scale: float = 1.0,
@@ -171,6 +183,8 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        if cfg.mqtt is not None:
+            await claim_miners(cfg)  # before the first poll: a miner another instance bridges is refused
         async with make_session(cfg) as session:
             bridge = Bridge(cfg, session, log_readings=log_readings, time_scale=time_scale)
             for sink in extra_sinks:
@@ -183,25 +197,21 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
                 tour = asyncio.create_task(run_tour(bridge.poller, bridge.guard, tour_every), name="tour")
             waiter = asyncio.create_task(stop.wait())
             job: asyncio.Task[None] | None = asyncio.create_task(main(bridge), name="main") if main else None
-            done, _ = await asyncio.wait({task, waiter} | ({job} if job else set()), timeout=duration,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if task in done:
+            me = asyncio.current_task()
+            try:
+                await asyncio.wait({task, waiter} | ({job} if job else set()), timeout=duration,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Also when we are cancelled ourselves: no task of this bridge outlives the call.
+                log.info("stopping: flushing sinks")
+                before = me.cancelling() if me else 0
+                for t in (job, tour, waiter, task):  # the bridge last: it flushes what the others sent
+                    await _finish(t)
+            if me is not None and me.cancelling() > before:
+                raise asyncio.CancelledError  # cancelled while shutting down: the caller still gets it
+            if not task.cancelled() and task.exception() is not None:
                 task.result()  # a crash in the bridge itself: surface it
-            log.info("stopping: flushing sinks")
-            if job is not None and not job.done():
-                job.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
-            if tour is not None:
-                tour.cancel()
-            task.cancel()
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if tour is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await tour
-            if job is not None and job.done() and not job.cancelled():
+            if job is not None and not job.cancelled():
                 job.result()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -31,14 +31,32 @@ class Topics:
 
     prefix: str = "bitaxe"
     discovery_prefix: str = "homeassistant"
+    instance: str | None = None  # one of several bridges on the broker: `<prefix>/bridge/<instance>/...`
 
     @property
     def bridge_availability(self) -> str:
-        return f"{self.prefix}/bridge/availability"
+        return f"{self._bridge}/availability"
 
     @property
     def bridge_state(self) -> str:
-        return f"{self.prefix}/bridge/state"
+        return f"{self._bridge}/state"
+
+    @property
+    def _bridge(self) -> str:
+        return f"{self.prefix}/bridge" + (f"/{self.instance}" if self.instance else "")
+
+    @property
+    def owner_wildcard(self) -> str:
+        return f"{self.prefix}/+/owner"
+
+    def owner(self, miner: str) -> str:
+        """Which bridge instance bridges the miner (retained; bridge/fleet.py)."""
+        return f"{self.prefix}/{miner}/owner"
+
+    def parse_owner(self, topic: str) -> str | None:
+        head = f"{self.prefix}/"
+        miner, _, tail = topic[len(head):].rpartition("/") if topic.startswith(head) else ("", "", "")
+        return miner if tail == "owner" and miner and "/" not in miner else None
 
     @property
     def ha_status(self) -> str:
@@ -184,7 +202,7 @@ def slug(text: str) -> str:
 
 
 def bridge_id(topics: Topics) -> str:
-    return f"bitaxe_bridge_{slug(topics.prefix)}"
+    return f"bitaxe_bridge_{slug(topics.prefix)}" + (f"_{slug(topics.instance)}" if topics.instance else "")
 
 
 def object_id(miner: str, key: str) -> str:
@@ -416,7 +434,8 @@ def _bridge_entity(topics: Topics, component: str, key: str, name: str, sw_versi
         "name": name,
         "unique_id": f"{bid}_{key}",
         **entity_ref(component, f"{bid}_{key}"),
-        "device": {"identifiers": [bid], "name": "Bitaxe bridge", "manufacturer": "bitaxe-bridge",
+        "device": {"identifiers": [bid], "name": " ".join(filter(None, ("Bitaxe bridge", topics.instance))),
+                   "manufacturer": "bitaxe-bridge",
                    "model": "bitaxe-bridge", "sw_version": sw_version},
         "origin": ORIGIN,
         "entity_category": "diagnostic",

@@ -38,6 +38,7 @@ from bridge.discovery import (
     reported_metrics,
     state_document,
 )
+from bridge.fleet import Claim, check_claims, foreign, read_retained
 from bridge.reading import Event, Reading
 from bridge.tune.service import COMMANDS as TUNE_COMMANDS
 from bridge.tune.service import TuneService
@@ -49,8 +50,15 @@ SYNC_TIMEOUT = 5.0  # s to read back the retained discovery topics after connect
 MAX_BACKOFF = 60.0
 
 
-def topics_for(cfg: MqttConfig) -> Topics:
-    return Topics(cfg.prefix, cfg.discovery_prefix)
+def topics_for(cfg: MqttConfig, instance: str | None = None) -> Topics:
+    return Topics(cfg.prefix, cfg.discovery_prefix, instance)
+
+
+def client_id(cfg: BridgeConfig) -> str | None:
+    """mqtt.client_id, else `bitaxe-bridge-<instance>`: instances on one broker must not share one (the broker
+    drops the older connection); without either, the MQTT library picks a random one."""
+    assert cfg.mqtt is not None
+    return cfg.mqtt.client_id or (f"bitaxe-bridge-{cfg.instance}" if cfg.instance else None)
 
 
 class MqttSetupError(ValueError):
@@ -129,7 +137,8 @@ class MqttBridge:
             raise ValueError("MqttBridge needs an mqtt: section in the config")
         self.cfg = cfg
         self.mqtt: MqttConfig = cfg.mqtt
-        self.topics = topics_for(self.mqtt)
+        self.topics = topics_for(self.mqtt, cfg.instance)
+        self.claims: dict[str, Claim] = {}  # the miners this instance bridges, as claimed on the broker
         self.guard = guard
         self.tune = tune  # set/tune and set/tune_goal go here; its state goes to <prefix>/<miner>/tune
         if tune is not None:
@@ -259,7 +268,7 @@ class MqttBridge:
     # ---- connection -------------------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.topics.bridge_availability, "offline", qos=1, retain=True)
-        return client_for(self.mqtt, will)
+        return client_for(self.mqtt, will, client_id(self.cfg))
 
     async def run(self) -> None:
         backoff = 1.0
@@ -298,6 +307,8 @@ class MqttBridge:
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         t = self.topics
+        # Again on every connect: another instance may have taken a miner over while we were away.
+        self.claims = await check_claims(client, self.cfg, t)
         if self.mqtt.discovery:
             await self._sync_discovery(client)
         await client.subscribe(t.ha_status, qos=1)
@@ -305,10 +316,10 @@ class MqttBridge:
             for topic in t.set_wildcards:
                 await client.subscribe(topic, qos=1)
         await client.publish(t.bridge_availability, "online", qos=1, retain=True)
-        self.client = client  # from here on, readings are published as they come
-        # Counted here, not after the republish below: the bridge state published meanwhile says connected.
+        # Counted before the first publish: the bridge state published from here on says "connected".
         self.since = time.time()
         self.connections += 1
+        self.client = client  # from here on, readings are published as they come
         await self._republish(client)
 
     async def _republish(self, client: aiomqtt.Client) -> None:
@@ -356,31 +367,20 @@ class MqttBridge:
         published after subscribing arrives after every retained message of that subscription.
         """
         t = self.topics
-        marker = f"{t.prefix}/bridge/sync/{uuid.uuid4().hex}"
         found: dict[str, str] = {}
-        me = bridge_id(t)
-        await client.subscribe(t.discovery_wildcard, qos=0)
-        await client.subscribe(marker, qos=0)
-        await client.publish(marker, "sync", qos=0)
-        try:
-            async with asyncio.timeout(SYNC_TIMEOUT):
-                async for message in client.messages:
-                    topic = str(message.topic)
-                    if topic == marker:
-                        break
-                    body = message.payload
-                    if not isinstance(body, bytes | bytearray) or me.encode() not in body:
-                        continue
-                    with contextlib.suppress(ValueError):
-                        owner = owner_of(json.loads(body), t)
-                        if owner is not None:
-                            found[topic] = owner
-        except TimeoutError:
+        me = bridge_id(t).encode()
+        raw, complete = await read_retained(client, [t.discovery_wildcard, t.owner_wildcard], t.prefix, SYNC_TIMEOUT)
+        if not complete:
             log.warning("mqtt: reading back retained discovery took over %.0f s; removal of deleted miners "
                         "may be incomplete", SYNC_TIMEOUT)
-        await client.unsubscribe(t.discovery_wildcard)
-        await client.unsubscribe(marker)
-        configured = set(self.miners)
+        for topic, body in raw.items():
+            if me in body:
+                with contextlib.suppress(ValueError):
+                    owner = owner_of(json.loads(body), t)
+                    if owner is not None:
+                        found[topic] = owner
+        # Without `instance`, instances on one broker share a bridge id: keep what another one bridges.
+        configured = set(self.miners) | foreign(raw, self.cfg, t)
         gone = {miner for miner in found.values() if miner not in configured}
         for topic, miner in found.items():
             if miner in configured:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from bridge.metrics import STORE_METRICS, TAGS, Value
@@ -77,6 +79,77 @@ _RENDER: dict[str, Callable[[Value], str | None]] = {
 FIELD_PLAN: tuple[tuple[str, Callable[[Reading], Value], Callable[[Value], str | None]], ...] = tuple(
     (escape_key(m.key) + "=", m.value_fn, _RENDER[m.kind]) for m in STORE_METRICS if m.kind in _RENDER
 )
+# Fields of the metric table's default kind (the metric's own attribute) are read in one call, and a
+# reading of a known shape (which fields are missing, which hold an int or a float) is written with one
+# %-format built for that shape: ~3× faster than the per-field loop, the same text (tests/store).
+_FIELD_METRICS = tuple(m for m in STORE_METRICS if m.kind in _RENDER)
+_ALL_FIELDS: Callable[[Reading], tuple[Value, ...]] | None = (
+    attrgetter(*(m.key for m in _FIELD_METRICS))
+    if len(_FIELD_METRICS) > 1 and all(repr(m.value_fn) == repr(attrgetter(m.key)) for m in _FIELD_METRICS)
+    else None)
+_EXACT_INT_FLOAT = 2**53  # an int this small written as a float is "<int>.0", as repr(float(v)) writes it
+
+
+def _pick(idx: list[int]) -> Callable[[tuple[Value, ...]], tuple[Value, ...]]:
+    if len(idx) == 1:
+        i = idx[0]
+        return lambda v: (v[i],)
+    return itemgetter(*idx) if idx else lambda v: ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    template: str
+    present: Callable[[tuple[Value, ...]], tuple[Value, ...]]
+    floats: Callable[[tuple[Value, ...]], tuple[Value, ...]]  # must be finite
+    int_floats: Callable[[tuple[Value, ...]], tuple[Value, ...]]  # ints in float fields: |v| < 2**53
+    ints: Callable[[tuple[Value, ...]], tuple[Value, ...]]  # int64
+
+
+def _shape(types: tuple[type, ...]) -> _Shape | None:
+    parts, present, floats, int_floats, ints = [], [], [], [], []
+    for i, (m, t) in enumerate(zip(_FIELD_METRICS, types, strict=True)):
+        if t is type(None):
+            continue
+        key = escape_key(m.key).replace("%", "%%")
+        if m.kind == "float" and t is float:
+            parts.append(f"{key}=%r")
+            floats.append(i)
+        elif m.kind == "float" and t in (int, bool):
+            parts.append(f"{key}=%d.0")
+            int_floats.append(i)
+        elif m.kind != "float" and t in (int, bool):
+            parts.append(f"{key}=%di")
+            ints.append(i)
+        else:
+            return None  # anything else (a str, a numpy value): the per-field loop decides
+        present.append(i)
+    return _Shape(",".join(parts), _pick(present), _pick(floats), _pick(int_floats), _pick(ints))
+
+
+_SHAPES: dict[tuple[type, ...], _Shape | None] = {}
+
+
+def _fast_fields(reading: Reading) -> str | None:
+    """The fields of a reading of a known shape; None: use the per-field loop."""
+    if _ALL_FIELDS is None:
+        return None
+    values = _ALL_FIELDS(reading)
+    types = tuple(map(type, values))
+    shape = _SHAPES.get(types, _SHAPES)
+    if shape is _SHAPES:
+        if len(_SHAPES) > 256:  # bounded: firmware versions and states come and go
+            _SHAPES.clear()
+        shape = _SHAPES[types] = _shape(types)
+    if not isinstance(shape, _Shape):
+        return None
+    fl, fi, it = shape.floats(values), shape.int_floats(values), shape.ints(values)
+    if (fl and not math.isfinite(sum(fl))) or (fi and max(map(abs, fi)) >= _EXACT_INT_FLOAT) or (  # type: ignore[arg-type]
+            it and (min(it) < INT64.start or max(it) >= INT64.stop)):  # type: ignore[type-var,operator]
+        return None  # NaN/inf (not written), or numbers the loop writes differently or not at all
+    return shape.template % shape.present(values) if shape.template else None
+
+
 # Tags sorted by key, as influxdb-client writes them and InfluxDB prefers them.
 TAG_PLAN: tuple[tuple[str, Callable[[Reading], str]], ...] = tuple(sorted(TAGS, key=lambda t: t[0]))
 
@@ -104,6 +177,9 @@ class LineEncoder:
 
     def reading(self, reading: Reading) -> str | None:
         """One reading as a line; None when it has no numeric field at all (nothing to write)."""
+        fast = _fast_fields(reading)
+        if fast is not None:
+            return f"{self.measurement}{self.tags(reading)} {fast} {time_ms(reading.time)}"
         fields = []
         for prefix, fn, render in FIELD_PLAN:
             v = fn(reading)

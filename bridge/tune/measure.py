@@ -18,7 +18,7 @@ import numpy as np
 from analyzer.columns import RAW_FIELDS
 from analyzer.data import EventRow, bin_samples, samples_from_rows
 from analyzer.segments import WarmupPolicy, find_segments
-from analyzer.stats import ConfigStats, Estimate, Gates, config_stats, t_quantile, weighted_mean_estimate
+from analyzer.stats import ConfigStats, Estimate, Gates, config_stats, mean_estimate, t_quantile
 from bridge.metrics import store_fields
 from bridge.reading import Reading
 from bridge.tune.plan import Limits, Method, Plan, Problem
@@ -62,7 +62,7 @@ def error_estimate(visit: list[Row]) -> Estimate | None:
     x = np.asarray([r[_ERR] for r in visit if r[_ERR] is not None], dtype=float)
     if x.size == 0:
         return None
-    return weighted_mean_estimate(x, np.ones_like(x), None)
+    return mean_estimate(x)
 
 
 # ---- the hard limits during a visit ---------------------------------------------------------------------
