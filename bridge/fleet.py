@@ -12,6 +12,7 @@ counts as running, so two instances started one after the other never both take 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -27,6 +28,9 @@ from bridge.discovery import Topics
 log = logging.getLogger("bitaxe.fleet")
 
 CLAIM_TIMEOUT = 10.0  # s for the whole startup check; an unreachable broker is not a reason to stay down
+UNSUBSCRIBE_TIMEOUT = 2.0  # s
+CLAIM_SETTLE = 1.0  # s between publishing our claims and reading them back
+READ_LIMIT = 120.0  # s for reading back retained messages while they keep coming
 CLAIM_GRACE = 60.0  # s from claiming to the bridge availability going online (a slow start)
 # An "online" availability whose instance has not published its state for this many of its poll intervals
 # (plus a minute) is stale: a bridge that died together with the broker leaves it retained, no last will is
@@ -64,21 +68,27 @@ def identity(cfg: BridgeConfig) -> str:
     return cfg.instance or socket.gethostname()
 
 
-async def read_retained(client: aiomqtt.Client, filters: list[str], prefix: str,
-                        seconds: float) -> tuple[dict[str, bytes], bool]:
-    """Every retained message under `filters`, and whether all arrived in time.
+async def read_retained(client: aiomqtt.Client, filters: list[str], prefix: str, idle: float,
+                        limit: float = READ_LIMIT) -> tuple[dict[str, bytes], bool]:
+    """Every retained message under `filters`, and whether all arrived: `idle` seconds without a message,
+    or `limit` in all, end the read incomplete.
 
     A marker published after subscribing arrives after every retained message of those subscriptions.
+    The read goes on while messages come: until the last of them has arrived, any acknowledgement the
+    client waits for (SUBACK, PUBACK) is queued behind them, and thousands (a big fleet's discovery, or
+    another integration's) take longer than the client waits for one.
     """
     marker = f"{prefix}/bridge/sync/{uuid.uuid4().hex}"
     found: dict[str, bytes] = {}
-    for f in (*filters, marker):
-        await client.subscribe(f, qos=0)
+    # One SUBSCRIBE for all: a second one's SUBACK would be queued behind the first one's retained messages.
+    await client.subscribe([(f, 0) for f in (marker, *filters)])
     await client.publish(marker, "sync", qos=0)
     complete = True
+    loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(limit), asyncio.timeout(idle) as quiet:
             async for message in client.messages:
+                quiet.reschedule(loop.time() + idle)
                 topic = str(message.topic)
                 if topic == marker:
                     break
@@ -87,8 +97,10 @@ async def read_retained(client: aiomqtt.Client, filters: list[str], prefix: str,
                     found[topic] = bytes(body)
     except TimeoutError:
         complete = False
-    for f in (*filters, marker):
-        await client.unsubscribe(f)
+    # Not waited for long: after an incomplete read the UNSUBACK is queued behind what was not read yet
+    # (which then arrives like any other message and is ignored).
+    with contextlib.suppress(aiomqtt.MqttError):
+        await client.unsubscribe([*filters, marker], timeout=UNSUBSCRIBE_TIMEOUT)
     return found, complete
 
 
@@ -135,6 +147,9 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
     for miner in set(claims) - set(others) - set(mine):  # ours once, no longer configured here
         await client.publish(topics.owner(miner), b"", qos=1, retain=True)
     # Two instances starting at the same moment both saw no claim: the broker keeps the last one published.
+    # Read back once the other one's claim, published a moment after its own read, has surely arrived too.
+    if configured:
+        await asyncio.sleep(CLAIM_SETTLE)
     raw, _ = await read_retained(client, [topics.owner_wildcard], topics.prefix, CLAIM_TIMEOUT / 2)
     lost = {m: c for topic, body in raw.items() if (m := topics.parse_owner(topic)) in mine
             and (c := Claim.parse(body)) is not None and c.instance != me}

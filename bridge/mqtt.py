@@ -38,7 +38,7 @@ from bridge.discovery import (
     reported_metrics,
     state_document,
 )
-from bridge.fleet import Claim, check_claims, foreign, read_retained
+from bridge.fleet import READ_LIMIT, Claim, check_claims, foreign, read_retained
 from bridge.reading import Event, Reading
 from bridge.tune.service import COMMANDS as TUNE_COMMANDS
 from bridge.tune.service import TuneService
@@ -46,7 +46,7 @@ from bridge.tune.service import TuneService
 log = logging.getLogger("bitaxe.mqtt")
 
 PUBLISH_TIMEOUT = 10.0  # s for a QoS 1 acknowledgement
-SYNC_TIMEOUT = 5.0  # s to read back the retained discovery topics after connecting
+SYNC_TIMEOUT = 5.0  # s without a retained discovery message that end reading them back after connecting
 MAX_BACKOFF = 60.0
 
 
@@ -371,8 +371,8 @@ class MqttBridge:
         me = bridge_id(t).encode()
         raw, complete = await read_retained(client, [t.discovery_wildcard, t.owner_wildcard], t.prefix, SYNC_TIMEOUT)
         if not complete:
-            log.warning("mqtt: reading back retained discovery took over %.0f s; removal of deleted miners "
-                        "may be incomplete", SYNC_TIMEOUT)
+            log.warning("mqtt: reading back retained discovery did not finish (%.0f s without a message, or %.0f s "
+                        "in all); removal of deleted miners may be incomplete", SYNC_TIMEOUT, READ_LIMIT)
         for topic, body in raw.items():
             if me in body:
                 with contextlib.suppress(ValueError):

@@ -120,3 +120,26 @@ async def test_an_unreachable_broker_does_not_stop_the_bridge_from_starting() ->
     from tests.support.servers import free_port
 
     assert await claim_miners(cfg(free_port(), "rack-a", "m1")) == {}
+
+
+async def test_a_broker_full_of_retained_discovery_does_not_keep_the_bridge_from_connecting(
+        mosquitto: Mosquitto) -> None:
+    # A big fleet's discovery (or zigbee2mqtt's): ~12,000 retained configs arrive slower than aiomqtt waits
+    # for an ack. The SUBACK of a subscription made after the flood was queued behind it: the connect
+    # failed with "Operation timed out" and the bridge reconnected for ever, publishing nothing.
+    from simulator.server import Fleet, SimMinerSpec
+    from tests.mqtt.broker import Watcher
+    from tests.support.bridge import running_bridge
+
+    port = mosquitto.port
+    async with aiomqtt.Client("127.0.0.1", port, timeout=30) as client:
+        for i in range(12_000):
+            await client.publish(f"homeassistant/sensor/other_{i // 40}/k{i % 40}/config", "x" * 600, retain=True)
+    async with Fleet([SimMinerSpec(board="Gamma")]) as fleet, Watcher(port, "bitaxe/m1/state") as w:
+        c = parse_config({"mqtt": {"host": "127.0.0.1", "port": port}, "sqlite": None, "health_file": None,
+                          "poll_interval": 1, "miners": [{"name": "m1", "host": fleet.hosts[0]}]})
+        async with running_bridge(c) as bridge:
+            assert bridge.mqtt is not None
+            await asyncio.wait_for(bridge.mqtt.connected.wait(), 40)
+            await w.wait(lambda: w.last("bitaxe/m1/state"), limit=20, what="a state message")
+            assert bridge.mqtt.stats()["connections"] == 1  # connected once, not again and again
