@@ -54,13 +54,13 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
-def _config(work: Path, name: str | None, hosts: list[tuple[int, str]], mqtt: int, influx: str) -> Path:
+def _config(work: Path, name: str | None, hosts: list[tuple[int, str]], mqtt: int, influx: str, push: bool) -> Path:
     tag = name or "one"
     path = work / f"{tag}.yaml"
     path.write_text(
         (f"instance: {name}\n" if name else "")
         + "miners:\n" + "".join(f"  - {{name: m{i:04d}, host: '{h}'}}\n" for i, h in hosts)
-        + f"poll_interval: {POLL_S}\nlog_level: WARNING\n"
+        + f"poll_interval: {POLL_S}\nlog_level: WARNING\nhttp: {{live_push: {str(push).lower()}}}\n"
         f"health_file: {work / f'{tag}.health.json'}\n"
         f"mqtt: {{host: 127.0.0.1, port: {mqtt}}}\n"
         f"sqlite: {{path: '{work / f'{tag}.db'}'}}\n"
@@ -74,11 +74,11 @@ def _written(server: InfluxDB1, names: list[str]) -> int:
 
 
 def run_instances(groups: list[tuple[str | None, list[tuple[int, str]]]], work: Path, mosquitto: Mosquitto,
-                  influx: InfluxDB1, warmup: float, seconds: float) -> list[Sample]:
+                  influx: InfluxDB1, warmup: float, seconds: float, push: bool) -> list[Sample]:
     procs = []
     for name, hosts in groups:
         work.mkdir(parents=True, exist_ok=True)
-        cfg = _config(work, name, hosts, mosquitto.port, influx.url)
+        cfg = _config(work, name, hosts, mosquitto.port, influx.url, push)
         log = open(work / f"{name or 'one'}.log", "ab")
         cmd = [sys.executable, "-X", "faulthandler", "-m", "bridge.cli", "run", "--config", str(cfg)]
         procs.append(subprocess.Popen(cmd,
@@ -118,8 +118,11 @@ def main() -> None:
     ap.add_argument("--miners", default="200,1000")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--warmup", type=float, default=60.0)
+    ap.add_argument("--push", choices=["on", "off", "both"], default="both",
+                    help="the miners' live push (WebSocket, firmware ≥ 2.14; the simulator runs 2.15)")
     ap.add_argument("--write-docs", action="store_true", help="replace the ## Scaling section of docs/performance.md")
     args = ap.parse_args()
+    pushes = {"on": [True], "off": [False], "both": [True, False]}[args.push]
     rows: list[tuple[str, list[Sample]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
         work = Path(tmp)
@@ -132,13 +135,16 @@ def main() -> None:
                 sim = start_sim(n, port)
                 try:
                     hosts = [(i, f"127.0.0.1:{port + i}") for i in range(n)]
-                    print(f"{n} miners, one instance …", file=sys.stderr, flush=True)
-                    rows.append((f"{n} miners, one instance", run_instances(
-                        [(None, hosts)], work / f"one-{n}", mosquitto, influx, args.warmup, args.seconds)))
-                    print(f"{n} miners, two instances …", file=sys.stderr, flush=True)
-                    rows.append((f"{n} miners, two instances", run_instances(
-                        [("a", hosts[: n // 2]), ("b", hosts[n // 2:])], work / f"two-{n}", mosquitto, influx,
-                        args.warmup, args.seconds)))
+                    for push in pushes:
+                        label = f"{n} miners, live push {'on' if push else 'off'}"
+                        print(f"{label}, one instance …", file=sys.stderr, flush=True)
+                        rows.append((f"{label}, one instance", run_instances(
+                            [(None, hosts)], work / f"one-{n}-{push}", mosquitto, influx, args.warmup,
+                            args.seconds, push)))
+                        print(f"{label}, two instances …", file=sys.stderr, flush=True)
+                        rows.append((f"{label}, two instances", run_instances(
+                            [("a", hosts[: n // 2]), ("b", hosts[n // 2:])], work / f"two-{n}-{push}", mosquitto,
+                            influx, args.warmup, args.seconds, push)))
                 finally:
                     sim.terminate()
                     sim.wait(timeout=30)
@@ -153,11 +159,13 @@ def main() -> None:
 
 def render(rows: list[tuple[str, list[Sample]]], args: argparse.Namespace) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    out = [f"`python3 -m bench.scaling --miners {args.miners} --write-docs` on {now}; {machine()}.",
+    out = [f"`python3 -m bench.scaling --miners {args.miners} --push {args.push} --write-docs` on {now}; {machine()}.",
            f"The real `bitaxe-bridge run` polling simulated miners every {POLL_S:g} s with MQTT (discovery), "
            "InfluxDB 1.x (spool, gzip) and SQLite on, measured over "
            f"{args.seconds:g} s after a {args.warmup:g} s warm-up; the simulator, mosquitto and InfluxDB share "
-           "the same 2 cores. CPU is the bridge process's own.", "",
+           "the same 2 cores. CPU is the bridge process's own; *per reading* divides it by the readings stored (the "
+           "polls); with the push on it also pays for every pushed update (two a second per miner), which goes to "
+           "MQTT and the watchdog but not to the stores.", "",
            "| fleet | instance | miners | CPU (share of one core) | CPU per reading | readings stored | peak RSS |",
            "|---|---|---:|---:|---:|---:|---:|"]
     for label, samples in rows:

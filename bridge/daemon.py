@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from bridge.store import STORE_QUEUE_SIZE, InfluxSink, build_store_sinks
 from bridge.tune.service import TuneService
 
 log = logging.getLogger("bitaxe.bridge")
+STUCK_AFTER = 45.0  # s after its cancellation a task of the bridge is reported as stuck
 
 
 class Bridge:
@@ -168,6 +170,14 @@ async def _finish(task: asyncio.Task[Any] | None) -> None:
         return
     task.cancel()
     with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait({task}, timeout=STUCK_AFTER)
+        if not task.done():
+            # Every step of a shutdown is bounded; if this shows up, one is not: say where everything waits.
+            stacks = io.StringIO()
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=8, file=stacks)
+            log.error("shutdown: task %s still runs %.0f s after it was cancelled; tasks:\n%s", task.get_name(),
+                      STUCK_AFTER, stacks.getvalue())
         await task
 
 
