@@ -191,8 +191,9 @@ def main() -> None:
         f"| polling + live push | {w['cpu_per_s'] * 100:.1f} % of a core | {w['pushes_per_s']:.0f} |",
         "",
         f"The push costs about {extra * 100:.2f} % of a core per miner, {per_push * 1e6:.0f} µs per pushed message "
-        "(a WebSocket frame in; merge, parse and check the whole document; the reading to the watchdog and a state "
-        "message to MQTT; the CPU of the run with the push less that of the run without, per message). So one core "
+        "(a WebSocket frame in; merge, parse and check the whole document; the reading to the watchdog, and to MQTT "
+        "only when a setting or status changed; the CPU of the run with the push less that of the run without, "
+        "per message). So one core "
         "carries the push of about "
         f"{(1 / extra if extra > 0 else float('inf')):,.0f} miners; a large fleet can turn it off "
         "(`http.live_push: false`) or keep it for a few miners (`live_push` per miner).",

@@ -60,7 +60,7 @@ class Bridge:
         self.mqtt: MqttBridge | None = None
         if cfg.mqtt is not None:
             self.mqtt = MqttBridge(cfg, self.guard, self.tune)
-            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live=True)
+            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live=True, live_changes=True)
         if cfg.prometheus is not None:
             from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
 

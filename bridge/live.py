@@ -197,38 +197,56 @@ class LiveFeed:
         self.on_update(data)
 
 
-class Coalescer:
-    """One miner's pushed readings to their sinks, at most one per `interval` s; the newest one held wins."""
+def notable(r: Reading) -> tuple[object, ...]:
+    """What a user acts on: the settings (clock, fan when set by hand) and the status. Pushed readings
+    reach MQTT (and so Home Assistant's recorder) only when this changes; telemetry keeps the poll cadence."""
+    return (r.frequency, r.core_voltage, r.autofan, None if r.autofan else r.fan_pct, r.overheat, r.implausible,
+            r.not_hashing, r.firmware, r.hostname, r.board.asic_model)
 
-    def __init__(self, publish: Callable[[Reading], None], interval: float = MIN_PUBLISH) -> None:
+
+class Coalescer:
+    """One miner's pushed readings to their sinks, at most one per `interval` s; the newest one held wins.
+
+    `publish(reading, changed)`: `changed` when its `notable` values differ from the last reading out to
+    MQTT, pushed or polled."""
+
+    def __init__(self, publish: Callable[[Reading, bool], None], interval: float = MIN_PUBLISH) -> None:
         self.publish = publish
         self.interval = interval
         self.held: Reading | None = None
         self.last = -math.inf  # loop time of the last reading out, pushed or polled
+        self.seen: tuple[object, ...] | None = None  # notable() of the last reading MQTT got
         self._timer: asyncio.TimerHandle | None = None
 
     def offer(self, reading: Reading) -> None:
         loop = asyncio.get_running_loop()
         if self._timer is None and loop.time() - self.last >= self.interval:
             self.last = loop.time()
-            self.publish(reading)
+            self._out(reading)
             return
         self.held = reading
         if self._timer is None:
             self._timer = loop.call_at(self.last + self.interval, self._flush)
 
-    def polled(self) -> None:
+    def polled(self, reading: Reading) -> None:
         """A polled reading went out, newer than any held one: that one is dropped, a new window starts."""
         self.held = None
+        self.seen = notable(reading)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         with contextlib.suppress(RuntimeError):  # no running loop: nothing is held either
             self.last = asyncio.get_running_loop().time()
 
+    def _out(self, reading: Reading) -> None:
+        key = notable(reading)
+        changed = key != self.seen
+        self.seen = key
+        self.publish(reading, changed)
+
     def _flush(self) -> None:
         self._timer = None
         reading, self.held = self.held, None
         if reading is not None:
             self.last = asyncio.get_running_loop().time()
-            self.publish(reading)
+            self._out(reading)

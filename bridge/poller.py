@@ -59,7 +59,7 @@ class Poller:
     """One task per miner inside a TaskGroup: a slow or dead miner never delays the others."""
 
     def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish,
-                 publish_live: Callable[[Reading], None] | None = None) -> None:
+                 publish_live: Callable[[Reading, bool], None] | None = None) -> None:
         """publish_live takes the readings built from live pushes: the daemon sends them to MQTT and the watchdog
         only, so storage keeps the poll cadence (docs/firmware.md). Without it nothing subscribes (polls only)."""
         self.cfg = cfg
@@ -76,7 +76,7 @@ class Poller:
             for state in self.miners.values():
                 self._subscribe(state, publish_live)
 
-    def _subscribe(self, state: MinerState, publish_live: Callable[[Reading], None]) -> None:
+    def _subscribe(self, state: MinerState, publish_live: Callable[[Reading, bool], None]) -> None:
         client = state.client
         client.live = self.cfg.http.live_push if client.cfg.live_push is None else client.cfg.live_push
         if client.live:
@@ -215,7 +215,7 @@ class Poller:
         elif pushed:
             state.coalescer.offer(r)
         else:
-            state.coalescer.polled()
+            state.coalescer.polled(r)
             self.publish(r)
 
     def _flag_flatline(self, state: MinerState, prev: Reading, r: Reading) -> Reading:

@@ -76,11 +76,13 @@ class LogSink(SinkBase):
 class SinkQueue:
     """One sink's bounded inbox and the task that drains it."""
 
-    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: bool = False) -> None:
+    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: bool = False,
+                 live_changes: bool = False) -> None:
         self.sink = sink
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.drop_oldest = drop_oldest
         self.live = live  # also takes the readings built from live pushes
+        self.live_changes = live_changes  # ... only those that change a setting or status (bridge.live.notable)
         self.dropped = 0
         self.failures = ProblemLog(log, logging.ERROR)
 
@@ -130,17 +132,19 @@ class Fanout:
     def __init__(self) -> None:
         self.queues: list[SinkQueue] = []
 
-    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: bool = False) -> None:
-        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live))
+    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: bool = False,
+            live_changes: bool = False) -> None:
+        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live, live_changes))
 
     def publish(self, item: Item) -> None:
         for q in self.queues:
             q.put(item)
 
-    def publish_live(self, reading: Reading) -> None:
-        """A reading built from a live push: only to the sinks that asked for them (MQTT, the watchdog)."""
+    def publish_live(self, reading: Reading, changed: bool = True) -> None:
+        """A reading built from a live push: only to the sinks that asked for them (the watchdog every one,
+        MQTT those with `changed`: a setting or status differs from the last reading it got)."""
         for q in self.queues:
-            if q.live:
+            if q.live and (changed or not q.live_changes):
                 q.put(reading)
 
     async def run(self) -> None:

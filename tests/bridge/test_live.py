@@ -57,7 +57,8 @@ class Run:
 @contextlib.asynccontextmanager
 async def polling(cfg: BridgeConfig) -> AsyncIterator[Run]:
     async with make_session(cfg) as session:
-        run = Run(Poller(cfg, session, lambda item: run.polled.append(item), lambda r: run.pushed.append(r)), [], [])
+        run = Run(Poller(cfg, session, lambda item: run.polled.append(item),
+                         lambda r, _: run.pushed.append(r)), [], [])
         task = asyncio.create_task(run.poller.run())
         try:
             await wait_until(lambda: all(s.last is not None for s in run.poller.miners.values()), timeout=15)
@@ -263,7 +264,7 @@ async def test_a_restart_seen_in_the_push_is_polled_at_once() -> None:
 
 async def test_pushed_readings_go_out_at_most_every_half_second_the_newest_winning() -> None:
     out: list[Reading] = []
-    coalescer = Coalescer(out.append, interval=0.3)
+    coalescer = Coalescer(lambda r, changed: out.append(r), interval=0.3)
     readings = [dataclasses.replace(_reading(), power=float(p)) for p in range(5)]
     for r in readings:
         coalescer.offer(r)
@@ -271,9 +272,27 @@ async def test_pushed_readings_go_out_at_most_every_half_second_the_newest_winni
     await wait_until(lambda: len(out) == 2)
     assert out[1].power == 4.0  # 1..3 were replaced while held
     coalescer.offer(readings[1])
-    coalescer.polled()  # a polled reading went out meanwhile: the held push is older than it
+    coalescer.polled(readings[0])  # a polled reading went out meanwhile: the held push is older than it
     await asyncio.sleep(0.4)
     assert len(out) == 2
+
+
+async def test_only_a_pushed_change_of_a_setting_or_status_is_marked_for_mqtt() -> None:
+    """Telemetry moves on every push (twice a second): Home Assistant's recorder gets it at the poll cadence;
+    a clock, a hand-set fan speed, an overheat or an implausible value reaches it at once."""
+    out: list[tuple[float | None, str, bool]] = []
+    coalescer = Coalescer(lambda r, changed: out.append((r.power, r.config_tag, changed)), interval=0.0)
+    base = _reading()
+    coalescer.polled(base)
+    coalescer.offer(dataclasses.replace(base, power=20.0, hashrate=1100.0, asic_temp=61.0))  # noise only
+    coalescer.offer(dataclasses.replace(base, power=21.0, frequency=600.0))  # the clock changed in AxeOS
+    coalescer.offer(dataclasses.replace(base, power=22.0, frequency=600.0))  # and stays
+    coalescer.offer(dataclasses.replace(base, power=23.0, frequency=600.0, overheat=True))
+    auto = base.autofan
+    coalescer.offer(dataclasses.replace(base, power=24.0, frequency=600.0, overheat=True,
+                                        fan_pct=(base.fan_pct or 0) + 10))  # moved by the fan's own control
+    assert [c for _, _, c in out] == [False, True, False, True, not auto]
+    assert out[1][:2] == (21.0, "600@1150")
 
 
 def _reading() -> Reading:
@@ -300,18 +319,21 @@ async def test_only_the_sinks_that_ask_get_pushed_readings() -> None:
             return None
 
     fanout = Fanout()
-    store, mqtt = Recorder("store"), Recorder("mqtt")
+    store, watchdog, mqtt = Recorder("store"), Recorder("safety"), Recorder("mqtt")
     fanout.add(store)
-    fanout.add(mqtt, live=True)
-    polled, pushed = _reading(), dataclasses.replace(_reading(), power=1.0)
+    fanout.add(watchdog, live=True)
+    fanout.add(mqtt, live=True, live_changes=True)
+    polled, noise, change = _reading(), dataclasses.replace(_reading(), power=1.0), \
+        dataclasses.replace(_reading(), frequency=600.0)
     fanout.publish(polled)
-    fanout.publish_live(pushed)
+    fanout.publish_live(noise, changed=False)
+    fanout.publish_live(change, changed=True)
     task = asyncio.create_task(fanout.run())
-    await wait_until(lambda: len(mqtt.items) == 2)
+    await wait_until(lambda: len(watchdog.items) == 3 and len(mqtt.items) == 2)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    assert store.items == [polled] and mqtt.items == [polled, pushed]
+    assert store.items == [polled] and watchdog.items == [polled, noise, change] and mqtt.items == [polled, change]
 
 
 async def test_the_watchdog_acts_on_a_pushed_reading() -> None:
