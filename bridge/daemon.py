@@ -38,7 +38,8 @@ class Bridge:
         self.cfg = cfg
         self.started = time.time()
         self.fanout = Fanout()
-        # Pushed readings reach MQTT and the watchdog; storage keeps the poll cadence (docs/firmware.md).
+        # Pushed readings reach the watchdog, and MQTT when a setting or status changed; storage keeps the poll
+        # cadence (docs/firmware.md).
         self.poller = Poller(cfg, session, self.fanout.publish, self.fanout.publish_live)
         reading_log = logging.getLogger("bitaxe.readings")
         if not log_readings:
@@ -219,7 +220,7 @@ async def run_until_stopped(cfg: BridgeConfig, extra_sinks: Iterable[Sink] = (),
                     await _finish(t)
             if me is not None and me.cancelling() > before:
                 raise asyncio.CancelledError  # cancelled while shutting down: the caller still gets it
-            if not task.cancelled() and task.exception() is not None:
+            if not task.cancelled():
                 task.result()  # a crash in the bridge itself: surface it
             if job is not None and not job.cancelled():
                 job.result()

@@ -109,11 +109,12 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
     me, host = identity(cfg), socket.gethostname()
     configured = [m.name for m in cfg.miners]
     raw, _ = await read_retained(client, [topics.owner_wildcard], topics.prefix, CLAIM_TIMEOUT / 2)
-    claims = {miner: c for topic, body in raw.items()
-              if (miner := topics.parse_owner(topic)) is not None and (c := Claim.parse(body)) is not None}
+    claims = _claims(raw, topics)
     others = {m: c for m, c in claims.items() if c.instance != me}
     watched = sorted({t for c in others.values() for t in (c.availability, _state_topic(c.availability))})
-    seen, _ = await read_retained(client, watched, topics.prefix, CLAIM_TIMEOUT / 2)
+    seen: dict[str, bytes] = {}
+    if watched:
+        seen, _ = await read_retained(client, watched, topics.prefix, CLAIM_TIMEOUT / 2)
     now = time.time()
 
     def running(c: Claim) -> bool:
@@ -123,10 +124,11 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
         return state == b"online" and not _stale(seen.get(_state_topic(c.availability)), now)
 
     problems = []
-    for c in {c.instance: c for c in others.values()}.values():
-        if c.availability == topics.bridge_availability and running(c):
-            problems.append(f'instance "{c.instance}" (host {c.host}) is running with the same bridge topics '
-                            f'({c.availability}); give each instance its own `instance:` name in its config')
+    for other in {c.instance: c for c in others.values()}.values():
+        if other.availability == topics.bridge_availability and running(other):
+            problems.append(f'instance "{other.instance}" (host {other.host}) is running with the same bridge '
+                            f'topics ({other.availability}); give each instance its own `instance:` name in its '
+                            "config")
     for miner in configured:
         c = others.get(miner)
         if c is None:
@@ -151,12 +153,17 @@ async def check_claims(client: aiomqtt.Client, cfg: BridgeConfig, topics: Topics
     if configured:
         await asyncio.sleep(CLAIM_SETTLE)
     raw, _ = await read_retained(client, [topics.owner_wildcard], topics.prefix, CLAIM_TIMEOUT / 2)
-    lost = {m: c for topic, body in raw.items() if (m := topics.parse_owner(topic)) in mine
-            and (c := Claim.parse(body)) is not None and c.instance != me}
+    lost = {m: c for m, c in _claims(raw, topics).items() if m in mine and c.instance != me}
     if lost:
         raise FleetError("; ".join(f'miner "{m}" was claimed at the same moment by instance "{c.instance}" (host '
                                    f"{c.host}); a miner belongs in one instance's config" for m, c in lost.items()))
     return mine
+
+
+def _claims(raw: dict[str, bytes], topics: Topics) -> dict[str, Claim]:
+    """The readable claims among retained messages, by miner (others' topics and damaged payloads left out)."""
+    return {miner: c for topic, body in raw.items()
+            if (miner := topics.parse_owner(topic)) is not None and (c := Claim.parse(body)) is not None}
 
 
 def _state_topic(availability: str) -> str:
@@ -195,6 +202,4 @@ async def claim_miners(cfg: BridgeConfig) -> dict[str, Claim]:
 def foreign(raw: dict[str, bytes], cfg: BridgeConfig, topics: Topics) -> set[str]:
     """Miners whose retained claim names another instance (their entities are not ours to remove)."""
     me = identity(cfg)
-    return {m for topic, body in raw.items()
-            if (m := topics.parse_owner(topic)) is not None and (c := Claim.parse(body)) is not None
-            and c.instance != me}
+    return {m for m, c in _claims(raw, topics).items() if c.instance != me}

@@ -36,8 +36,8 @@ HEARTBEAT = 5.0
 # session is taken as stalled (its push task stuck while the httpd still answers pings) and opened again.
 IDLE = 15.0
 CLOSE_TIMEOUT = 1.0  # s for the miner to answer our close frame
-# Pushed readings of one miner go to MQTT and the watchdog at most once per this many seconds (the newest
-# wins): the firmware's own rate, and a cap when a stalled link delivers several messages at once.
+# Pushed readings of one miner go out (to the watchdog; to MQTT when notable) at most once per this many
+# seconds, the newest winning: the firmware's own rate, and a cap when a stalled link delivers several at once.
 MIN_PUBLISH = 0.5
 
 _VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)")

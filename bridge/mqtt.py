@@ -142,8 +142,6 @@ class MqttBridge:
         self.claims: dict[str, Claim] = {}  # the miners this instance bridges, as claimed on the broker
         self.guard = guard
         self.tune = tune  # set/tune and set/tune_goal go here; its state goes to <prefix>/<miner>/tune
-        if tune is not None:
-            tune.listeners.append(self._tune_changed)
         self.miners: tuple[str, ...] = tuple(m.name for m in cfg.miners)
         self.latest: dict[str, Reading] = {}
         self.online: dict[str, bool] = {}
@@ -162,6 +160,7 @@ class MqttBridge:
         if guard is not None:
             guard.listen(self._on_result)
         if tune is not None:
+            tune.listeners.append(self._tune_changed)
             for setting in TUNE_COMMANDS:
                 self.route(setting, functools.partial(self._tune_command, setting=setting))
 

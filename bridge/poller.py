@@ -50,7 +50,7 @@ class MinerState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     unchanged_since: float | None = None  # time of the first of a run of identical readings
     live: LiveFeed | None = None  # its /api/ws/live subscription, when enabled
-    coalescer: Coalescer | None = None  # its pushed readings on their way to MQTT and the watchdog
+    coalescer: Coalescer | None = None  # its pushed readings on their way to the watchdog (and MQTT)
     push_errors: int = 0  # pushed updates in a row whose reading failed its checks
     poll_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a push showed what only a poll can read
 
@@ -60,8 +60,9 @@ class Poller:
 
     def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish,
                  publish_live: Callable[[Reading, bool], None] | None = None) -> None:
-        """publish_live takes the readings built from live pushes: the daemon sends them to MQTT and the watchdog
-        only, so storage keeps the poll cadence (docs/firmware.md). Without it nothing subscribes (polls only)."""
+        """publish_live takes the readings built from live pushes, with whether a setting or status changed: the
+        daemon sends them to the watchdog, and to MQTT when changed, never to storage, which keeps the poll cadence
+        (docs/firmware.md). Without it nothing subscribes (polls only)."""
         self.cfg = cfg
         self.publish = publish
         self.interval = cfg.poll_interval
