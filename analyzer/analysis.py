@@ -8,9 +8,10 @@ import sys
 import tempfile
 import time as _time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from analyzer.ledger import Ledger, miner_file
@@ -88,27 +89,33 @@ def analyze(store: Store, miners: list[str], *, since: float | None, until: floa
     with tempfile.TemporaryDirectory(prefix="bitaxe-analyze-") as tmp:
         path = cache if keep and cache is not None else Path(tmp)
         workers = max(1, min(store.threads, len(miners)))
-
-        def one(name: str) -> MinerAnalysis:
-            src = store.worker() if workers > 1 else store
-            ledger = Ledger(miner_file(path, name), store.name)
-            try:
-                r = MinerStream(src, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
-                    since, until, gates)
-                ledger.forget_unused()  # streams of options nobody asked for in a month
-            finally:
-                ledger.close()
-                if src is not store:
-                    src.close()
-            return MinerAnalysis(name, r.bins, r.segments, r.stats)
-
+        job = partial(_one, path=path, width=width, policy=policy, fetch=fetch, keep=keep, since=since,
+                      until=until, gates=gates)
         out: dict[str, MinerAnalysis] = {}
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending = {name: pool.submit(one, name) for name in miners} if workers > 1 else {}
+        # SQLite answers in C without the GIL, but the statistics after it are Python and numpy on small
+        # arrays, which hold it: miners in processes of their own use every core (threads used ~1.3 of 2).
+        with (ProcessPoolExecutor(workers) if store.processes else ThreadPoolExecutor(workers)) as pool:
+            pending = {name: pool.submit(job, store, name) for name in miners} if workers > 1 else {}
             it: Iterable[str] = progress(miners) if progress else miners
             for name in it:
-                out[name] = pending[name].result() if name in pending else one(name)
+                out[name] = pending[name].result() if name in pending else job(store, name, own=True)
     return Analysis(store.name, since, until, width, policy, gates, out, fetch)
+
+
+def _one(store: Store, name: str, *, path: Path, width: float, policy: WarmupPolicy, fetch: str, keep: bool,
+         since: float | None, until: float | None, gates: Gates, own: bool = False) -> MinerAnalysis:
+    """One miner's analysis, in a worker (`own`: in the caller, with the caller's store)."""
+    src = store if own else store.worker()
+    ledger = Ledger(miner_file(path, name), store.name)
+    try:
+        r = MinerStream(src, ledger, name, width=width, policy=policy, fetch=fetch, keep=keep).run(
+            since, until, gates)
+        ledger.forget_unused()  # streams of options nobody asked for in a month
+    finally:
+        ledger.close()
+        if src is not store:
+            src.close()
+    return MinerAnalysis(name, r.bins, r.segments, r.stats)
 
 
 # ----------------------------------------------------------------------------------------------- ranking

@@ -9,7 +9,7 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ import numpy as np
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
 from analyzer.data import CHANGE_KINDS, Bins, EventRow, Samples, bin_samples, empty_bins, samples_from_rows
+from bridge.store.rollup import AVERAGED, ROLLUP_S
 from bridge.store.sqlite import open_readonly
 
 AGG_MEANS: tuple[str, ...] = (*MEAN_KEYS, *FRACTION_KEYS)
@@ -31,6 +32,7 @@ class Store(Protocol):
     name: str
     chunk_s: float  # how much history one bins() query should cover when a history is streamed
     threads: int  # miners read at once, each through its own worker()
+    processes: bool  # the workers are processes (the store pickles as what reopens it), else threads
 
     def worker(self) -> Store:
         """A store for use from another thread (itself, when it is safe to share)."""
@@ -85,13 +87,52 @@ def _bins_from_columns(miner: str, width: float, rows: list[tuple[Any, ...]]) ->
                 np.nan_to_num(f(k + 2)), cmax, cmin).sorted()
 
 
+HOUR = 3600.0
+_N_HASHRATE = 2 * AVERAGED.index("hashrate")  # its count is a bin's weight, as COUNT(hashrate) is
+
+
+def rolls_up(width: float) -> bool:
+    """Bins of this width can be summed from the bridge's 30-s rollups (bridge/store/rollup.py)."""
+    return width >= ROLLUP_S and math.isclose(width / ROLLUP_S, round(width / ROLLUP_S), abs_tol=1e-9)
+
+
+def _from_rollups(since: float, until: float, width: float,
+                  rolled: Callable[[float, float], tuple[Bins, set[float]]],
+                  raw: Callable[[float, float], Bins]) -> Bins:
+    """Bins of [since, until) from the rollups where they hold every stored reading, else from the readings.
+
+    `rolled(a, b)` gives the rollups' bins of a width-aligned range and the hours (their start) whose
+    rollups do not count as many readings as are stored; those hours, and the unaligned edges of the
+    range, are read through `raw`. The result equals `raw(since, until)`: a rollup is only a shortcut.
+    """
+    a = math.ceil(since / width) * width
+    b = math.floor(until / width) * width
+    if a >= b:
+        return raw(since, until)
+    bins, bad = rolled(a, b)
+    spans = [(since, a), (b, until)]
+    for h in bad:
+        spans.append((max(a, math.floor(h / width) * width), min(b, math.ceil((h + HOUR) / width) * width)))
+    spans = _merged([(x, y) for x, y in spans if y > x])
+    if not spans:
+        return bins
+    inside = np.zeros(len(bins), dtype=bool)
+    for x, y in spans:
+        inside |= (bins.start >= x) & (bins.start < y)
+    out = bins.take(np.flatnonzero(~inside))
+    for x, y in spans:
+        out = out.joined(raw(x, y))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- SQLite
 class SqliteStore:
     """The bridge's embedded store (SCHEMA.md), opened read-only so a running bridge is never disturbed."""
 
     chunk_s = 86400.0
-    # SQLite aggregates in the calling thread without the GIL: one connection per core reads miners at once.
+    # One connection and one process per core reads miners at once (analyzer/analysis.py says why).
     threads = os.cpu_count() or 1
+    processes = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -114,10 +155,14 @@ class SqliteStore:
         self.columns = cols
         ev = {r[1] for r in self.db.execute("PRAGMA table_info(events)")}
         self.has_events = bool(ev)
+        self.has_rollups = bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollups'").fetchall())
         self._new_rows: dict[tuple[str, int], dict[str, float]] = {}
 
     def worker(self) -> SqliteStore:
         return SqliteStore(self.path)  # a connection belongs to one thread
+
+    def __reduce__(self) -> tuple[type[SqliteStore], tuple[Path]]:
+        return SqliteStore, (self.path,)  # a worker process opens the file itself
 
     def _col(self, key: str, agg: str = "") -> str:
         if key not in self.columns:
@@ -170,6 +215,31 @@ class SqliteStore:
 
     def bins(self, miner: str, since: float | None, until: float | None, width: float, *,
              counter_min: bool = True) -> Bins:
+        if since is None or until is None or not self.has_rollups or not rolls_up(width):
+            return self._raw_bins(miner, since, until, width, counter_min)
+        return _from_rollups(since, until, width,
+                             lambda a, b: self._rolled(miner, a, b, width, counter_min),
+                             lambda a, b: self._raw_bins(miner, a, b, width, counter_min))
+
+    def _rolled(self, miner: str, a: float, b: float, width: float, counter_min: bool) -> tuple[Bins, set[float]]:
+        args = [miner, a, b]
+        stored = self._query("SELECT CAST(time / 3600 AS INTEGER) AS h, COUNT(*) FROM readings "
+                             "WHERE miner = ? AND time >= ? AND time < ? GROUP BY h", args)
+        rolled = self._query("SELECT CAST(time / 3600 AS INTEGER) AS h, SUM(readings) FROM rollups "
+                             "WHERE miner = ? AND time >= ? AND time < ? GROUP BY h", args)
+        bad = {h * HOUR for h, _ in set(stored) ^ set(rolled)}
+        aggs = ["SUM(n_hashrate)", *(f'SUM("sum_{k}") / SUM("n_{k}")' for k in AVERAGED),
+                "MIN(uptime_min)", "MAX(uptime_max)", "MAX(overheat_max)"]
+        for c in COUNTERS:
+            aggs += [f'MAX("{c}_max")', f'MIN("{c}_min")' if counter_min else "NULL"]
+        # HAVING: a bin whose readings were all flagged has no bin in the readings' query either.
+        rows = self._query(f"SELECT CAST(time / ? AS INTEGER) * ? AS b, config, firmware, {', '.join(aggs)} "
+                           "FROM rollups WHERE miner = ? AND time >= ? AND time < ? GROUP BY b, config, firmware "
+                           "HAVING SUM(readings) > SUM(flagged)", [width, width, *args])
+        return _bins_from_columns(miner, width, rows), bad
+
+    def _raw_bins(self, miner: str, since: float | None, until: float | None, width: float,
+                  counter_min: bool) -> Bins:
         where, args = self._where(miner, since, until)
         aggs = [self._col("hashrate", "COUNT"), *(self._col(k, "AVG") for k in AGG_MEANS),
                 self._col(UPTIME, "MIN"), self._col(UPTIME, "MAX"), self._col(OVERHEAT, "MAX")]
@@ -271,6 +341,7 @@ class InfluxStore:
     """
 
     threads = 3  # one HTTP request per call; each mostly waits on the server
+    processes = False
     chunk_s = 7 * 86400.0
     # InfluxDB keeps no insertion order: late points (the bridge's spool replaying an outage) are found by
     # counting per hour over this much time before the saved watermark. The spool holds ~2 days of 10
@@ -279,7 +350,8 @@ class InfluxStore:
 
     def __init__(self, url: str, database: str, *, username: str | None = None,
                  password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
-                 event_measurement: str = "bitaxe_event", timeout: float = 300.0) -> None:
+                 event_measurement: str = "bitaxe_event", rollup_measurement: str | None = "bitaxe_rollup",
+                 timeout: float = 300.0) -> None:
         self.url = url.rstrip("/")
         self.database = database
         self.name = f"influxdb:{self.url}/{database}"
@@ -287,6 +359,7 @@ class InfluxStore:
         self.token = token
         self.measurement = measurement
         self.event_measurement = event_measurement
+        self.rollup_measurement = rollup_measurement
         self.timeout = timeout
         self._check()
 
@@ -387,6 +460,49 @@ class InfluxStore:
         rng = self._range(miner, since, until)
         if rng is None:
             return empty_bins(miner, width)
+        if not self.rollup_measurement or not rolls_up(width):
+            return self._raw_bins(miner, *rng, width, counter_min)
+        return _from_rollups(*rng, width, lambda a, b: self._rolled(miner, a, b, width, counter_min),
+                             lambda a, b: self._raw_bins(miner, a, b, width, counter_min))
+
+    def _rolled(self, miner: str, a: float, b: float, width: float, counter_min: bool) -> tuple[Bins, set[float]]:
+        where = self._where(miner, a, b)
+        raw, rollup = _q(self.measurement), _q(self.rollup_measurement or "")
+        sums = ["readings", "flagged", *(f"{p}_{k}" for k in AVERAGED for p in ("n", "sum"))]
+        aggs = [*(f"SUM({_q(c)})" for c in sums), "MIN(uptime_min)", "MAX(uptime_max)", "MAX(overheat_max)"]
+        for c in COUNTERS:
+            aggs += [f"MAX({_q(c + '_max')})", f"MIN({_q(c + '_min')})"]
+        # Every reading this bridge writes has the flag (COUNT(implausible) counts them all); older ones
+        # may not, so an hour with more hashrates than flags is not vouched for by its rollups.
+        q = (f"SELECT {', '.join(aggs)} FROM {rollup} WHERE {where} GROUP BY time({round(width * 1000)}ms), "
+             f"config, firmware fill(none); "
+             f"SELECT SUM(readings) FROM {rollup} WHERE {where} GROUP BY time(1h) fill(none); "
+             f"SELECT COUNT({_q(IMPLAUSIBLE)}), COUNT(hashrate) FROM {raw} WHERE {where} GROUP BY time(1h) fill(none)")
+        rows: list[tuple[Any, ...]] = []
+        rolled: dict[float, int] = {}
+        stored: dict[float, int] = {}
+        for s in self.query(q):
+            if s.statement == 1:
+                rolled.update((v[0] / 1000.0, int(v[1] or 0)) for v in s.values)
+            elif s.statement == 2:
+                stored.update((v[0] / 1000.0, int(v[1] or 0) if (v[1] or 0) >= (v[2] or 0) else -1)
+                              for v in s.values)
+            else:
+                cfg, fw = s.tags.get("config", ""), s.tags.get("firmware", "")
+                for v in s.values:
+                    readings, flagged, *rest = v[1:]
+                    if not (readings or 0) > (flagged or 0):
+                        continue  # every reading flagged: the readings' bins have none here either
+                    pairs, tail = rest[: 2 * len(AVERAGED)], rest[2 * len(AVERAGED):]
+                    means = [(t / n if n else None) for n, t in zip(pairs[::2], pairs[1::2], strict=True)]
+                    if not counter_min:
+                        tail = [*tail[:3], *(x if i % 2 == 0 else None for i, x in enumerate(tail[3:]))]
+                    rows.append((v[0] / 1000.0, cfg, fw, pairs[_N_HASHRATE] or 0, *means, *tail))
+        bad = {h for h in {*rolled, *stored} if rolled.get(h, 0) != stored.get(h, 0)}
+        return _bins_from_columns(miner, width, rows), bad
+
+    def _raw_bins(self, miner: str, since: float, until: float, width: float, counter_min: bool) -> Bins:
+        rng = since, until
         aggs = ["COUNT(hashrate) AS n", *(f"MEAN({_q(k)}) AS {_q(k)}" for k in AGG_MEANS),
                 f"MIN({_q(UPTIME)})", f"MAX({_q(UPTIME)})", f"MAX({_q(OVERHEAT)})"]
         for c in COUNTERS:
@@ -535,6 +651,7 @@ def open_source(source: str | None, config_path: str | None) -> Store:
             return InfluxStore(ic.url, db, username=ic.username, password=reveal(ic.password),
                                token=reveal(ic.token), measurement=ic.measurement,
                                event_measurement=ic.event_measurement,
+                               rollup_measurement=ic.rollup_measurement,
                                timeout=max(ic.timeout, 300.0))
         if cfg.sqlite is not None:
             path = cfg.sqlite.path

@@ -20,6 +20,7 @@ import numpy as np
 from analyzer.columns import COUNTERS, RAW_FIELDS, UPTIME
 from analyzer.data import EventRow, Samples
 from bridge.metrics import STORE_METRICS, TAGS
+from bridge.store.rollup import Part, Rollup
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +236,19 @@ def write_sqlite(path: str | Path, histories: Iterable[Samples], events: Iterabl
                    [(e.time, e.miner, e.kind, e.message, json.dumps(e.data)) for e in events])
     db.commit()
     db.close()
+
+
+def rollup_parts(s: Samples, flags: np.ndarray | None = None, *, ms: bool = False) -> list[Part]:
+    """The rollup parts the bridge's sinks write for this history (bridge/store/rollup.py), all closed."""
+    roll = Rollup(ms=ms)
+    flagged = np.zeros(len(s)) if flags is None else np.nan_to_num(flags)
+    columns = [[None if x != x else x for x in s.fields[k].tolist()] for k in RAW_FIELDS]
+    rows = list(zip(*columns, strict=True))
+    out = []
+    for i, (t, cfg, fw) in enumerate(zip(s.time.tolist(), s.config.tolist(), s.firmware.tolist(), strict=True)):
+        if (part := roll.add(s.miner, t, str(cfg), str(fw), bool(flagged[i]), rows[i])) is not None:
+            out.append(part)
+    return [*out, *roll.drain()]
 
 
 def _esc_tag(v: str) -> str:

@@ -17,6 +17,7 @@ import gzip
 import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -34,8 +35,10 @@ import numpy as np
 
 from analyzer.analysis import parse_duration
 from analyzer.data import Samples
-from analyzer.synthetic import TrueConfig, ar1_histories, create_sqlite, influx_lines, sqlite_rows
+from analyzer.synthetic import TrueConfig, ar1_histories, influx_lines, rollup_parts, sqlite_rows
 from bench.results import machine, write_section
+from bridge.store.points import LineEncoder
+from bridge.store.sqlite import PART_COLUMNS, SqliteStore, part_row
 
 CONFIGS = [TrueConfig("525@1150", 1060.0, 16.5, 58.0, expected_hashrate=1071.0),
            TrueConfig("600@1200", 1200.0, 21.0, 66.0, expected_hashrate=1224.0),
@@ -73,15 +76,20 @@ def interleaved(day: list[Samples]) -> Iterator[tuple[object, ...]]:
 
 
 def write_sqlite_days(path: Path, fleet: Fleet, days: range, hours: float = 24.0) -> int:
-    db = create_sqlite(path)
+    """The readings, and the rollups the bridge's sink writes beside them (a day's bins end with it)."""
+    SqliteStore.open(path).close()  # the bridge's own schema
+    db = sqlite3.connect(path)
     names = sqlite_rows(fleet.day(0, hours=0.01)[0])[0]
     fleet.offsets[:] = 0
     quoted = ", ".join(f'"{c}"' for c in names)
     sql = f"INSERT OR IGNORE INTO readings ({quoted}) VALUES ({', '.join('?' * len(names))})"
+    parts = f"INSERT OR IGNORE INTO rollups ({', '.join(PART_COLUMNS)}) VALUES ({', '.join('?' * len(PART_COLUMNS))})"
     n = 0
     for d in days:
-        rows = list(interleaved(fleet.day(d, hours)))
+        day = fleet.day(d, hours)
+        rows = list(interleaved(day))
         db.executemany(sql, rows)
+        db.executemany(parts, [part_row(p) for s in day for p in rollup_parts(s)])
         db.commit()
         n += len(rows)
     db.close()
@@ -100,11 +108,14 @@ def write_influx_days(url: str, database: str, fleet: Fleet, days: range, hours:
             r.read()
 
     n = 0
+    encoder = LineEncoder()
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = []
         for d in days:
-            lines = [line for s in fleet.day(d, hours) for line in influx_lines(s)]
+            day = fleet.day(d, hours)
+            lines = [line for s in day for line in influx_lines(s)]
             n += len(lines)
+            lines += [encoder.part(p) for s in day for p in rollup_parts(s, ms=True)]
             pending += [pool.submit(post, lines[i:i + 50_000]) for i in range(0, len(lines), 50_000)]
             while len(pending) > 4:
                 pending.pop(0).result()

@@ -102,6 +102,9 @@ class InfluxConfig(_Strict):
     create_database: bool = False  # v1 only: CREATE DATABASE when /write answers 404 (docs/storage.md)
     measurement: str = "bitaxe"
     event_measurement: str = "bitaxe_event"
+    # 30-s summaries the analyzer reads instead of six readings (bridge/store/rollup.py, docs/storage.md);
+    # null writes none (the analyzer then reads every reading)
+    rollup_measurement: str | None = "bitaxe_rollup"
     batch_size: int = Field(500, ge=1, le=50_000)
     flush_interval: float = Field(5.0, gt=0, le=300)
     timeout: float = Field(10.0, gt=0, le=300)

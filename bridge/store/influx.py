@@ -36,6 +36,7 @@ from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
+from bridge.store.rollup import Rollup
 from bridge.store.spool import Cursor, Spool
 
 log = logging.getLogger("bitaxe.store.influx")
@@ -252,7 +253,8 @@ class InfluxSink:
                  writer: V1Writer | V2Writer | None = None) -> None:
         self.name = name
         self.cfg = cfg
-        self.encoder = LineEncoder(cfg.measurement, cfg.event_measurement)
+        self.encoder = LineEncoder(cfg.measurement, cfg.event_measurement, cfg.rollup_measurement or "")
+        self.rollup = Rollup(ms=True) if cfg.rollup_measurement else None
         self.spool = Spool(cfg.spool_dir, int(cfg.spool_max_mb * 1_000_000))
         self.writer = writer or make_writer(cfg)
         self.rejected_path = cfg.spool_dir / "rejected.lp"
@@ -280,9 +282,13 @@ class InfluxSink:
         await self.writer.start()
 
     async def handle(self, item: Reading | Event) -> None:
+        if self.rollup and isinstance(item, Reading) and (part := self.rollup.add_reading(item)) is not None:
+            self._append(self.encoder.part(part))
         line = self.encoder.item(item)
-        if line is None:
-            return
+        if line is not None:
+            self._append(line)
+
+    def _append(self, line: str) -> None:
         try:
             data = line.encode()
         except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
@@ -299,6 +305,8 @@ class InfluxSink:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
+            for part in self.rollup.expired(time.time()) if self.rollup else ():
+                self._append(self.encoder.part(part))
             try:
                 delay = await self.flush()
             except asyncio.CancelledError:
@@ -309,6 +317,8 @@ class InfluxSink:
                 delay = MAX_BACKOFF
 
     async def aclose(self) -> None:
+        for part in self.rollup.drain() if self.rollup else ():
+            self._append(self.encoder.part(part))
         try:
             async with asyncio.timeout(min(self.cfg.timeout + 2, FINAL_FLUSH_TIMEOUT)):
                 await self.flush()

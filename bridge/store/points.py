@@ -15,9 +15,12 @@ from typing import Any
 
 from bridge.metrics import STORE_METRICS, TAGS, Value
 from bridge.reading import Event, Reading
+from bridge.store.rollup import COLUMNS as ROLLUP_COLUMNS
+from bridge.store.rollup import Part
 
 READING_MEASUREMENT = "bitaxe"
 EVENT_MEASUREMENT = "bitaxe_event"
+ROLLUP_MEASUREMENT = "bitaxe_rollup"
 
 # Exactly influxdb-client's escaping (tests/store/test_points.py compares the two on random text): a
 # backslash is only an escape before these characters, and control characters are written as the two
@@ -158,9 +161,10 @@ class LineEncoder:
     """Encodes readings and events as line-protocol lines (str, no trailing newline)."""
 
     def __init__(self, measurement: str = READING_MEASUREMENT,
-                 event_measurement: str = EVENT_MEASUREMENT) -> None:
+                 event_measurement: str = EVENT_MEASUREMENT, rollup_measurement: str = ROLLUP_MEASUREMENT) -> None:
         self.measurement = escape_measurement(measurement)
         self.event_measurement = escape_measurement(event_measurement)
+        self.rollup_measurement = escape_measurement(rollup_measurement)
         self._tag_cache: dict[tuple[str, ...], str] = {}
 
     def tags(self, reading: Reading) -> str:
@@ -204,8 +208,19 @@ class LineEncoder:
         return (f"{self.event_measurement}{tags} message={field_string(event.message)},"
                 f"data={field_string(data)} {time_ms(event.time)}")
 
-    def item(self, item: Reading | Event) -> str | None:
-        return self.reading(item) if isinstance(item, Reading) else self.event(item)
+    def part(self, part: Part) -> str:
+        """A rollup part (bridge/store/rollup.py); every field keeps one type in every point, as InfluxDB needs."""
+        tags = "".join(f",{name}={escape_tag(v)}" for name, v in (("config", part.config),
+                                                                  ("firmware", part.firmware),
+                                                                  ("miner", part.miner)) if v)
+        fields = ",".join(f"{name}={v}i" if kind == "int" else f"{name}={float(v)!r}"
+                          for (name, kind), v in zip(ROLLUP_COLUMNS, part.values, strict=True) if v is not None)
+        return f"{self.rollup_measurement}{tags} {fields} {time_ms(part.time)}"
+
+    def item(self, item: Reading | Event | Part) -> str | None:
+        if isinstance(item, Reading):
+            return self.reading(item)
+        return self.event(item) if isinstance(item, Event) else self.part(item)
 
 
 def event_data(text: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from bridge.config import SqliteConfig
 from bridge.metrics import STORE_METRICS, TAGS, Value
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
+from bridge.store.rollup import COLUMNS as ROLLUP_COLUMNS
+from bridge.store.rollup import ROLLUP_S, Part, Rollup
 
 log = logging.getLogger("bitaxe.store.sqlite")
 
@@ -33,6 +35,7 @@ TAG_COLUMNS: tuple[str, ...] = tuple(name for name, _ in TAGS)
 METRIC_COLUMNS: tuple[str, ...] = tuple(m.key for m in STORE_METRICS)
 READING_COLUMNS: tuple[str, ...] = ("time", *TAG_COLUMNS, *METRIC_COLUMNS)
 EVENT_COLUMNS: tuple[str, ...] = ("time", "miner", "kind", "message", "data")
+PART_COLUMNS: tuple[str, ...] = ("time", "miner", "config", "firmware", *(n for n, _ in ROLLUP_COLUMNS))
 
 
 def _q(name: str) -> str:
@@ -68,6 +71,10 @@ def reading_row(r: Reading) -> tuple[float | int | str | None, ...]:
     return (r.time, *(_sql_value(fn(r)) for fn in _VALUE_FNS))
 
 
+def part_row(p: Part) -> tuple[float | int | str | None, ...]:
+    return (p.time, p.miner, p.config, p.firmware, *p.values)
+
+
 def event_row(e: Event) -> tuple[float | str, ...]:
     return (e.time, e.miner, e.kind, e.message,
             json.dumps(e.data, separators=(",", ":"), sort_keys=True, default=str))
@@ -84,6 +91,8 @@ class SqliteStore:
                                 f"VALUES ({', '.join('?' * len(READING_COLUMNS))})")
         self._insert_event = (f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
                               f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
+        self._insert_part = (f"INSERT OR IGNORE INTO rollups ({', '.join(map(_q, PART_COLUMNS))}) "
+                             f"VALUES ({', '.join('?' * len(PART_COLUMNS))})")
 
     @classmethod
     def open(cls, path: str | Path, skipped: ProblemLog | None = None) -> SqliteStore:
@@ -120,6 +129,11 @@ class SqliteStore:
                       "kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, "
                       "UNIQUE(miner, time, kind))")
             c.execute("CREATE INDEX IF NOT EXISTS events_miner_time ON events(miner, time)")
+            # Keyed by (miner, time) without a rowid: one miner's parts lie together on disk, and the
+            # analyzer reads a year of them in a few page runs (bridge/store/rollup.py).
+            cols = ", ".join(f"{_q(n)} {SQL_TYPE[k]}" for n, k in ROLLUP_COLUMNS)
+            c.execute("CREATE TABLE IF NOT EXISTS rollups (time REAL NOT NULL, miner TEXT NOT NULL, "
+                      f"config TEXT, firmware TEXT, {cols}, PRIMARY KEY (miner, time)) WITHOUT ROWID")
             c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                       (SCHEMA_VERSION,))
@@ -136,7 +150,8 @@ class SqliteStore:
             raise
         self.conn.execute("COMMIT")
 
-    def write(self, readings: Sequence[Reading] = (), events: Sequence[Event] = ()) -> int:
+    def write(self, readings: Sequence[Reading] = (), events: Sequence[Event] = (),
+              parts: Sequence[Part] = ()) -> int:
         """Insert in one transaction; rows already present (a replay) are ignored. Returns rows added.
 
         A row whose values cannot be stored is skipped (logged once per miner and error, counted in
@@ -146,9 +161,10 @@ class SqliteStore:
             before = c.total_changes
             self._insert(c, self._insert_reading, readings, reading_row)
             self._insert(c, self._insert_event, events, event_row)
+            self._insert(c, self._insert_part, parts, part_row)
             return c.total_changes - before
 
-    def _insert(self, c: sqlite3.Connection, sql: str, items: Sequence[Reading] | Sequence[Event],
+    def _insert(self, c: sqlite3.Connection, sql: str, items: Sequence[Reading] | Sequence[Event] | Sequence[Part],
                 to_row: Callable[[Any], tuple[Any, ...]]) -> None:
         try:
             c.executemany(sql, [to_row(i) for i in items])
@@ -165,9 +181,12 @@ class SqliteStore:
                                     f"{item.time} cannot be stored ({type(exc).__name__}: {exc}); row skipped")
 
     def prune(self, older_than: float) -> int:
-        """Delete readings and events older than `older_than` (unix s); returns rows deleted."""
+        """Delete readings, rollups and events older than `older_than` (unix s); returns rows deleted."""
+        # On a rollup bin boundary: a part is then gone exactly when all of its readings are.
+        older_than = math.floor(older_than / ROLLUP_S) * ROLLUP_S
         with self.transaction() as c:
             n = c.execute("DELETE FROM readings WHERE time < ?", (older_than,)).rowcount
+            c.execute("DELETE FROM rollups WHERE time < ?", (older_than,))
             n += c.execute("DELETE FROM events WHERE time < ?", (older_than,)).rowcount
         return n
 
@@ -206,7 +225,8 @@ class SqliteSink:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.store: SqliteStore | None = None
-        self.buffer: list[Reading | Event] = []
+        self.buffer: list[Reading | Event | Part] = []
+        self.rollup = Rollup()
         self.written = 0
         self.dropped = 0
         self.skipped = ProblemLog(log, logging.ERROR)  # rows whose values could not be stored
@@ -221,6 +241,8 @@ class SqliteSink:
 
     async def handle(self, item: Reading | Event) -> None:
         self.buffer.append(item)
+        if isinstance(item, Reading) and (part := self.rollup.add_reading(item)) is not None:
+            self.buffer.append(part)
         if len(self.buffer) >= self.batch_size:
             self._wake.set()
         if len(self.buffer) > self.MAX_BUFFER:
@@ -237,6 +259,7 @@ class SqliteSink:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
+            self.buffer.extend(self.rollup.expired(time.time()))
             try:
                 await self.flush()
                 await self._maybe_prune()
@@ -261,7 +284,8 @@ class SqliteSink:
             items, self.buffer = self.buffer, []
             readings = [i for i in items if isinstance(i, Reading)]
             events = [i for i in items if isinstance(i, Event)]
-            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.store.write, readings, events))
+            parts = [i for i in items if isinstance(i, Part)]
+            self._inflight = asyncio.ensure_future(asyncio.to_thread(self.store.write, readings, events, parts))
             try:
                 n = await asyncio.shield(self._inflight)
             except BaseException:
@@ -284,6 +308,7 @@ class SqliteSink:
                      self.cfg.path, n, self.cfg.retention_days)
 
     async def aclose(self) -> None:
+        self.buffer.extend(self.rollup.drain())
         try:
             await self.flush()
         finally:

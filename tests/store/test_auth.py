@@ -40,7 +40,7 @@ def influx_auth(tmp_path: Path) -> Iterator[AuthInfluxDB1]:
 def _cfg(server: InfluxDB1, tmp_path: Path, password: str) -> InfluxConfig:
     return InfluxConfig.model_validate({"url": server.url, "api": "v1", "database": "secure",
                                         "username": "admin", "password": password, "timeout": 3,
-                                        "spool_dir": str(tmp_path / "spool")})
+                                        "rollup_measurement": None, "spool_dir": str(tmp_path / "spool")})
 
 
 async def test_wrong_password_keeps_points_and_check_says_so(influx_auth: AuthInfluxDB1, tmp_path: Path,

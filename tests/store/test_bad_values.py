@@ -67,7 +67,7 @@ async def test_sqlite_keeps_the_batch_and_skips_only_the_rows_it_cannot_store(
 async def test_influxdb_writes_every_point_leaving_out_what_line_protocol_cannot_carry(
         influxdb1: InfluxDB1, tmp_path: Path) -> None:
     influxdb1.query('CREATE DATABASE "bad"')
-    sink = InfluxSink(InfluxConfig.model_validate({
+    sink = InfluxSink(InfluxConfig.model_validate({"rollup_measurement": None,
         "url": influxdb1.url, "api": "v1", "database": "bad", "spool_dir": str(tmp_path / "spool"),
         "batch_size": 4, "flush_interval": 0.05}))
     await run_through(sink, [*batch()])

@@ -68,7 +68,8 @@ class TimeoutOnCancel(V1Writer):
 
 async def test_influx_flusher_stops_when_a_write_turns_cancellation_into_a_timeout(tmp_path: Path) -> None:
     cfg = InfluxConfig.model_validate({"url": "http://127.0.0.1:1", "api": "v1", "database": "x",
-                                       "spool_dir": str(tmp_path / "spool"), "flush_interval": 0.05})
+                                       "spool_dir": str(tmp_path / "spool"), "flush_interval": 0.05,
+                                       "rollup_measurement": None})
     writer = TimeoutOnCancel(cfg)
     sink = InfluxSink(cfg, writer=writer)
     await sink.start()

@@ -15,7 +15,7 @@ from tests.support.servers import InfluxDB1
 
 async def test_fanout_delivers_everything_to_both_stores(influxdb1: InfluxDB1, tmp_path: Path) -> None:
     influxdb1.query('CREATE DATABASE "fanout"')
-    influx = InfluxSink(InfluxConfig.model_validate({
+    influx = InfluxSink(InfluxConfig.model_validate({"rollup_measurement": None,
         "url": influxdb1.url, "api": "v1", "database": "fanout", "spool_dir": str(tmp_path / "spool"),
         "batch_size": 25, "flush_interval": 0.1}))
     sqlite = SqliteSink(SqliteConfig(path=tmp_path / "b.db"), flush_interval=0.1)

@@ -17,7 +17,7 @@ from tests.support.servers import InfluxDB1, VictoriaMetrics, free_port
 
 
 def v1_config(server: InfluxDB1, tmp_path: Path, db: str, **kw: object) -> InfluxConfig:
-    return InfluxConfig.model_validate({"url": server.url, "api": "v1", "database": db,
+    return InfluxConfig.model_validate({"rollup_measurement": None, "url": server.url, "api": "v1", "database": db,
                                         "spool_dir": str(tmp_path / "spool"), "batch_size": 10,
                                         "flush_interval": 0.2, "timeout": 3, **kw})
 
@@ -137,7 +137,7 @@ async def test_create_database_option(influxdb1: InfluxDB1, tmp_path: Path) -> N
 async def test_v2_api_into_victoriametrics(victoria: VictoriaMetrics, tmp_path: Path) -> None:
     cfg = InfluxConfig.model_validate({"url": victoria.url, "token": "unused", "org": "home",
                                        "bucket": "bitaxe", "spool_dir": str(tmp_path / "spool"),
-                                       "timeout": 5})
+                                       "rollup_measurement": None, "timeout": 5})
     sink = InfluxSink(cfg)
     await sink.start()
     readings = [reading(i) for i in range(20)]
@@ -178,7 +178,7 @@ async def test_unreachable_server_spools_then_delivers(tmp_path: Path) -> None:
 
 async def test_v2_outage_spools_then_replays_in_order(victoria: VictoriaMetrics, tmp_path: Path) -> None:
     cfg = InfluxConfig.model_validate({"url": victoria.url, "bucket": "bitaxe", "org": "home",
-                                       "spool_dir": str(tmp_path / "spool"), "timeout": 2})
+                                       "rollup_measurement": None, "spool_dir": str(tmp_path / "spool"), "timeout": 2})
     sink = InfluxSink(cfg)
     await sink.start()
     for i in range(5):
@@ -209,7 +209,8 @@ async def test_text_line_protocol_cannot_carry_reaches_the_server_as_influxdb_cl
     create_db(influxdb1, "text")
     for cfg in (v1_config(influxdb1, tmp_path / "v1", "text"),
                 InfluxConfig.model_validate({"url": victoria.url, "bucket": "b", "token": "t",
-                                             "spool_dir": str(tmp_path / "vm"), "flush_interval": 0.2})):
+                                             "spool_dir": str(tmp_path / "vm"), "flush_interval": 0.2,
+                                             "rollup_measurement": None})):
         sink = InfluxSink(cfg)
         await sink.start()
         await sink.handle(r)

@@ -59,7 +59,8 @@ async def capture(unused_tcp_port: int) -> AsyncIterator[tuple[Capture, str]]:
 async def test_batches_go_gzipped_two_at_a_time_and_every_point_once(capture: tuple[Capture, str], tmp_path: Path,
                                                                       compress: bool) -> None:
     cap, url = capture
-    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10, gzip=compress)
+    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10,
+                       gzip=compress, rollup_measurement=None)
     sink = InfluxSink(cfg)
     await sink.start()
     for i in range(95):
@@ -78,7 +79,8 @@ async def test_batches_go_gzipped_two_at_a_time_and_every_point_once(capture: tu
 async def test_a_round_with_one_failed_batch_is_acked_only_after_the_retry(capture: tuple[Capture, str],
                                                                             tmp_path: Path) -> None:
     cap, url = capture
-    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10)
+    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10,
+                       rollup_measurement=None)
     sink = InfluxSink(cfg)
     await sink.start()
     for i in range(20):
