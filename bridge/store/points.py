@@ -213,7 +213,7 @@ class LineEncoder:
         tags = "".join(f",{name}={escape_tag(v)}" for name, v in (("config", part.config),
                                                                   ("firmware", part.firmware),
                                                                   ("miner", part.miner)) if v)
-        fields = ",".join(f"{name}={v}i" if kind == "int" else f"{name}={float(v)!r}"
+        fields = ",".join(f"{name}={int(v)}i" if kind == "int" else f"{name}={float(v)!r}"
                           for (name, kind), v in zip(ROLLUP_COLUMNS, part.values, strict=True) if v is not None)
         return f"{self.rollup_measurement}{tags} {fields} {time_ms(part.time)}"
 
