@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from analyzer.columns import COUNTERS, OVERHEAT, UPTIME
 from bridge.config import SqliteConfig
 from bridge.metrics import STORE_METRICS, TAGS, Value
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
+from bridge.store.rollup import AVERAGED, ROLLUP_S, Part, Rollup
 from bridge.store.rollup import COLUMNS as ROLLUP_COLUMNS
-from bridge.store.rollup import ROLLUP_S, Part, Rollup
 
 log = logging.getLogger("bitaxe.store.sqlite")
 
@@ -80,6 +81,26 @@ def event_row(e: Event) -> tuple[float | str, ...]:
             json.dumps(e.data, separators=(",", ":"), sort_keys=True, default=str))
 
 
+HOUR = 3600.0
+
+
+def _rebuild_parts_sql() -> str:
+    """INSERT of the parts of one miner's hour made from its readings: what Rollup.add gives, one part per
+    bin, config and firmware (bridge/store/rollup.py). Arguments: miner, from, to."""
+    ok = "COALESCE(implausible, 0) = 0"
+    cols = ["COUNT(*)", f"SUM(NOT ({ok}))"]
+    for k in AVERAGED:
+        cols += [f"COUNT(CASE WHEN {ok} THEN {_q(k)} END)", f"TOTAL(CASE WHEN {ok} THEN {_q(k)} END)"]
+    cols += [f"MIN(CASE WHEN {ok} THEN {_q(UPTIME)} END)", f"MAX(CASE WHEN {ok} THEN {_q(UPTIME)} END)",
+             f"MAX(CASE WHEN {ok} THEN {_q(OVERHEAT)} END)"]
+    for k in COUNTERS:
+        cols += [f"MIN(CASE WHEN {ok} THEN {_q(k)} END)", f"MAX(CASE WHEN {ok} THEN {_q(k)} END)"]
+    return (f"INSERT OR IGNORE INTO rollups ({', '.join(map(_q, PART_COLUMNS))}) "
+            f"SELECT MIN(time), miner, config, firmware, {', '.join(cols)} FROM readings "
+            "WHERE miner = ? AND time >= ? AND time < ? "
+            f"GROUP BY CAST(time / {ROLLUP_S!r} AS INTEGER), config, firmware")
+
+
 class SqliteStore:
     """One connection to the bridge's SQLite file. Use from one thread at a time."""
 
@@ -93,6 +114,7 @@ class SqliteStore:
                               f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
         self._insert_part = (f"INSERT OR IGNORE INTO rollups ({', '.join(map(_q, PART_COLUMNS))}) "
                              f"VALUES ({', '.join('?' * len(PART_COLUMNS))})")
+        self._rebuild_parts = _rebuild_parts_sql()
 
     @classmethod
     def open(cls, path: str | Path, skipped: ProblemLog | None = None) -> SqliteStore:
@@ -180,6 +202,43 @@ class SqliteStore:
                                     f"sqlite {self.path}: a {type(item).__name__.lower()} of miner {item.miner} at "
                                     f"{item.time} cannot be stored ({type(exc).__name__}: {exc}); row skipped")
 
+    def miners(self) -> list[str]:
+        # One index seek per miner: SELECT DISTINCT would walk every reading.
+        out: list[str] = []
+        while row := self.conn.execute("SELECT miner FROM readings WHERE miner > ? ORDER BY miner LIMIT 1",
+                                       (out[-1] if out else "",)).fetchone():
+            out.append(row[0])
+        return out
+
+    def repair_rollups(self, closed_before: float, span: float) -> tuple[int, bool]:
+        """Check the rollups of the next `span` seconds of history after the saved watermark, up to
+        `closed_before`, and rebuild from the readings every hour whose parts do not count all of them (a
+        crash lost an open part; history written before rollups existed). Returns (hours rebuilt, whether
+        more history is left to check). The analyzer reads such hours from the readings either way: this
+        only makes its next first run fast again."""
+        c = self.conn
+        row = c.execute("SELECT value FROM meta WHERE key = 'rollups_checked_until'").fetchone()
+        start = float(row[0]) if row else c.execute("SELECT MIN(time) FROM readings").fetchone()[0]
+        if start is None:
+            return 0, False
+        start = math.floor(start / HOUR) * HOUR
+        end = min(start + span, math.floor(closed_before / HOUR) * HOUR)
+        if end <= start:
+            return 0, False
+        bad: list[tuple[str, float]] = []
+        for miner in self.miners():
+            counts = [{h: n for h, n in c.execute(
+                f"SELECT CAST(time / 3600 AS INTEGER) * 3600.0 AS h, {what} FROM {table} "
+                "WHERE miner = ? AND time >= ? AND time < ? GROUP BY h", (miner, start, end))}
+                for table, what in (("readings", "COUNT(*)"), ("rollups", "SUM(readings)"))]
+            bad += [(miner, h) for h in counts[0].keys() | counts[1].keys() if counts[0].get(h) != counts[1].get(h)]
+        with self.transaction() as tx:
+            for miner, h in bad:
+                tx.execute("DELETE FROM rollups WHERE miner = ? AND time >= ? AND time < ?", (miner, h, h + HOUR))
+                tx.execute(self._rebuild_parts, (miner, h, h + HOUR))
+            tx.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('rollups_checked_until', ?)", (repr(end),))
+        return len(bad), end < math.floor(closed_before / HOUR) * HOUR
+
     def prune(self, older_than: float) -> int:
         """Delete readings, rollups and events older than `older_than` (unix s); returns rows deleted."""
         # On a rollup bin boundary: a part is then gone exactly when all of its readings are.
@@ -216,6 +275,12 @@ class SqliteSink:
     """
 
     PRUNE_EVERY = 3600.0
+    # Rollup repair (SqliteStore.repair_rollups): a day of history per step, a step every few seconds
+    # while history is left (a year from before rollups: ~30 min), then every 10 min for new hours.
+    REPAIR_SPAN = 86400.0
+    REPAIR_STEP = 5.0
+    REPAIR_IDLE = 600.0
+    CLOSED_AFTER = 900.0  # an hour is checked this long after it ended: its last parts are written by then
     MAX_BUFFER = 200_000  # items held while the disk refuses writes, then the oldest are dropped
 
     def __init__(self, cfg: SqliteConfig, name: str = "sqlite", batch_size: int = 500,
@@ -233,6 +298,7 @@ class SqliteSink:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_prune = 0.0
+        self._next_repair = 0.0
         self._inflight: asyncio.Future[int] | None = None
 
     async def start(self) -> None:
@@ -263,6 +329,7 @@ class SqliteSink:
             try:
                 await self.flush()
                 await self._maybe_prune()
+                await self._maybe_repair()
                 delay = self.flush_interval
             except asyncio.CancelledError:
                 raise
@@ -306,6 +373,17 @@ class SqliteSink:
         if n:
             log.info("sqlite %s: pruned %d row(s) older than %g days (sqlite.retention_days)",
                      self.cfg.path, n, self.cfg.retention_days)
+
+    async def _maybe_repair(self) -> None:
+        now = time.time()
+        if self.store is None or now < self._next_repair:
+            return
+        async with self._lock:
+            n, more = await asyncio.to_thread(self.store.repair_rollups, now - self.CLOSED_AFTER, self.REPAIR_SPAN)
+        if n:
+            log.info("sqlite %s: rebuilt the rollups of %d miner-hour(s) from their readings (history from before "
+                     "rollups, or a part lost when the bridge was killed)", self.cfg.path, n)
+        self._next_repair = now + (self.REPAIR_STEP if more else self.REPAIR_IDLE)
 
     async def aclose(self) -> None:
         self.buffer.extend(self.rollup.drain())

@@ -198,3 +198,66 @@ async def test_influx_bins_from_rollups_equal_bins_from_points(influxdb1: Influx
     _, bad = store._rolled(MINER, a, b, 30.0, True)
     assert bad == {math.floor(r.time / 3600) * 3600 for r in readings if a <= r.time < b}
     assert_same_bins(store.bins(MINER, first, last + 1, 30.0), store._raw_bins(MINER, first, last + 1, 30.0, True))
+
+
+async def test_the_bridge_rebuilds_missing_rollups_from_the_readings(tmp_path: Path, readings: list[Reading]) -> None:
+    from bridge.store.sqlite import SqliteStore as Writer
+
+    path = tmp_path / "bitaxe.db"
+    w = Writer.open(path)
+    w.write(readings[:1200])  # an older bridge: readings only
+    w.close()
+    before, after, crash_hour = damaged(readings)
+    cfg = SqliteConfig(path=path, retention_days=None)
+    sink = SqliteSink(cfg)
+    await sink.start()
+    for r in before[1200:]:
+        await sink.handle(r)
+    sink.rollup.open.clear()  # killed with a part open
+    await sink.aclose()
+    await feed(SqliteSink(cfg), after)
+
+    store = SqliteStore(path)
+    first, last = store.span(MINER)  # type: ignore[misc]
+    a, b = math.ceil(first / 30) * 30, math.floor((last + 1) / 30) * 30
+    _, bad = store._rolled(MINER, a, b, 30.0, True)
+    assert crash_hour in bad and math.floor(first / 3600) * 3600 in bad
+    w = Writer.open(path)
+    steps = []
+    while True:
+        steps.append(w.repair_rollups(last - 7200.0, 3600.0))  # an hour a step; the last two are not closed
+        if not steps[-1][1]:
+            break
+    w.close()
+    assert sum(n for n, _ in steps) == len(bad - {h for h in bad if h >= math.floor((last - 7200) / 3600) * 3600})
+    _, bad_after = store._rolled(MINER, a, b, 30.0, True)
+    assert bad_after == {h for h in bad if h >= math.floor((last - 7200) / 3600) * 3600}
+    for width in WIDTHS:
+        assert_same_bins(store.bins(MINER, first, last + 1, width),
+                         store._raw_bins(MINER, first, last + 1, width, True))
+    store.close()
+
+
+async def test_a_running_sqlite_sink_rolls_up_history_from_before_rollups(tmp_path: Path) -> None:
+    import asyncio
+
+    from bridge.store.sqlite import SqliteStore as Writer
+
+    path = tmp_path / "bitaxe.db"
+    w = Writer.open(path)
+    w.write([reading(i) for i in range(2000)])  # yesterday's readings, without rollups
+    w.close()
+    sink = SqliteSink(SqliteConfig(path=path, retention_days=None), flush_interval=0.05)
+    await sink.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                await asyncio.sleep(0.1)
+                with sqlite3.connect(path) as db:
+                    if db.execute("SELECT SUM(readings) FROM rollups").fetchone()[0] == 2000:
+                        break
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
