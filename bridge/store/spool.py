@@ -85,6 +85,7 @@ class Spool:
         self.torn = 0  # torn/corrupt bytes cut off at open
         self._fd: int | None = None
         self._unsynced = 0
+        self._size = 0  # sum of the segments' sizes, kept up to date: append checks it for every record
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ class Spool:
             if start:
                 count = _scan(path, min(start, good_end))[0]
             self.segments.append(Segment(seq, path, good_end, count))
+            self._size += good_end
         # Appends go to a fresh segment: old ones are immutable once the process that wrote them is gone.
         next_seq = max([s.seq for s in self.segments] + [self.ack_cursor.segment, 0]) + 1
         self._new_segment(next_seq)
@@ -145,8 +147,9 @@ class Spool:
         seg = self.active
         seg.size += len(record)
         seg.unacked += 1
+        self._size += len(record)
         self._unsynced += 1
-        if self.size > self.max_bytes:
+        if self._size > self.max_bytes:
             self._enforce_bound()
 
     def sync_fd(self) -> int | None:
@@ -175,7 +178,7 @@ class Spool:
 
     @property
     def size(self) -> int:
-        return sum(s.size for s in self.segments)
+        return self._size
 
     def read(self, max_records: int) -> Batch:
         """Up to max_records unacked records in order, from the ack cursor (a retry reads them again)."""
@@ -235,7 +238,12 @@ class Spool:
 
     def _delete_acked(self) -> None:
         while len(self.segments) > 1 and self.segments[0].seq < self.ack_cursor.segment:
-            self.segments.pop(0).path.unlink(missing_ok=True)
+            self._pop_oldest().path.unlink(missing_ok=True)
+
+    def _pop_oldest(self) -> Segment:
+        seg = self.segments.pop(0)
+        self._size -= seg.size
+        return seg
 
     def _new_segment(self, seq: int) -> None:
         path = self.dir / f"{seq:012d}{SEGMENT_SUFFIX}"
@@ -259,8 +267,8 @@ class Spool:
                 os.close(dfd)
 
     def _enforce_bound(self) -> None:
-        while self.size > self.max_bytes and len(self.segments) > 1:
-            seg = self.segments.pop(0)
+        while self._size > self.max_bytes and len(self.segments) > 1:
+            seg = self._pop_oldest()
             self.dropped += seg.unacked
             log.warning("spool %s: over spool_max_mb (%.1f MB); dropped the oldest segment with %d "
                         "unsent point(s) (%d dropped so far). The store has been unreachable too long: "

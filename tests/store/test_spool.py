@@ -117,4 +117,6 @@ def test_random_appends_acks_and_crashes_match_a_simple_model(tmp_path: Path) ->
         else:  # the process dies (no close) and starts again
             s = _open(tmp_path, segment_bytes=300)
         assert s.pending == len(model)
+        assert s.size == sum(f.stat().st_size for f in tmp_path.glob("*.seg"))  # the running total
     assert s.dropped == 0 and s.torn == 0
+
