@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -36,7 +37,7 @@ from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
-from bridge.store.spool import Cursor, Spool
+from bridge.store.spool import Batch, Cursor, Spool
 
 log = logging.getLogger("bitaxe.store.influx")
 
@@ -47,8 +48,8 @@ LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
 # Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
 FINAL_FLUSH_TIMEOUT = 3.0
 # Batches written at once: the server ingests one while the next is on its way (a spool replay after an
-# outage, a large fleet). The ack cursor moves only once every batch of a round is confirmed.
-WRITES_IN_FLIGHT = 2
+# outage, a large fleet). The ack cursor moves over a batch once it and every batch before it are confirmed.
+WRITES_IN_FLIGHT = 4
 _MINER_TAG = re.compile(r"[ ,]miner=((?:[^\\, ]|\\.)+)")
 
 
@@ -334,12 +335,9 @@ class InfluxSink:
             self._since_flush = 0
             await self.sync()
             while True:
-                size = self.cfg.batch_size
-                batch = self.spool.read(size * WRITES_IN_FLIGHT)
-                if not batch:
-                    return self.cfg.flush_interval
                 try:
-                    await self._write_round([batch.records[i:i + size] for i in range(0, len(batch), size)])
+                    await self._write_window()
+                    return self.cfg.flush_interval
                 except WriteError as exc:
                     # A shutdown that met aiohttp's request timeout arrives as a timeout: not a failed
                     # write to retry, or the flusher would never stop.
@@ -351,16 +349,36 @@ class InfluxSink:
                         except WriteError as create_exc:
                             exc = create_exc
                     return self._failed(exc)
+
+    async def _write_window(self) -> None:
+        """Write the spool from the ack cursor to its end, WRITES_IN_FLIGHT batches at a time.
+
+        A sliding window: the next batch is read and sent as soon as the oldest is confirmed, so the bridge
+        encodes and gzips while the server ingests (waiting for a whole round left one side idle). Batches
+        are acked in order, each once it and all before it are confirmed. The first failure is raised once
+        the batches still in flight have answered: a batch split around a refused point is not cut short.
+        """
+        window: deque[tuple[Batch, asyncio.Task[None]]] = deque()
+        start: Cursor | None = None
+        try:
+            while True:
+                while len(window) < WRITES_IN_FLIGHT and (batch := self.spool.read(self.cfg.batch_size, start)):
+                    window.append((batch, asyncio.ensure_future(self._write_or_split(batch.records))))
+                    start = batch.end
+                if not window:
+                    return
+                try:
+                    await window[0][1]
+                except WriteError:
+                    await asyncio.gather(*(task for _, task in window), return_exceptions=True)
+                    raise
+                batch = window.popleft()[0]
                 self.spool.ack(batch)
                 self.written += len(batch)
                 self._recovered()
-
-    async def _write_round(self, parts: list[list[bytes]]) -> None:
-        """Write the batches at once; the first failure (if any) is raised once all have answered."""
-        results = await asyncio.gather(*(self._write_or_split(p) for p in parts), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        finally:
+            for _, task in window:  # cancelled from outside: stop the writes still in flight
+                task.cancel()
 
     async def _write_or_split(self, records: list[bytes]) -> None:
         try:

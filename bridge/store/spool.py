@@ -180,11 +180,12 @@ class Spool:
     def size(self) -> int:
         return self._size
 
-    def read(self, max_records: int) -> Batch:
-        """Up to max_records unacked records in order, from the ack cursor (a retry reads them again)."""
+    def read(self, max_records: int, start: Cursor | None = None) -> Batch:
+        """Up to max_records unacked records in order, from the ack cursor (a retry reads them again) or from
+        `start`, the end of a batch read before and not yet acked (the writes in flight)."""
         records: list[bytes] = []
         counts: dict[int, int] = {}
-        cursor = self.ack_cursor
+        cursor = self.ack_cursor if start is None else start
         for i, seg in enumerate(self.segments):
             if seg.seq < cursor.segment:
                 continue
