@@ -26,6 +26,7 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -262,15 +263,22 @@ class InfluxSink:
         await self.writer.start()
 
     async def handle(self, item: Reading | Event) -> None:
-        line = self.encoder.item(item)
-        if line is None:
-            return
-        try:
-            data = line.encode()
-        except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
-            data = line.encode("utf-8", "backslashreplace")
-        self.spool.append(data)
-        self._since_flush += 1
+        await self.handle_many((item,))
+
+    async def handle_many(self, items: Sequence[Reading | Event]) -> None:
+        """Spool the items with one write (the fan-out hands over what queued up); raises before anything is
+        written when one of them cannot be encoded."""
+        records = []
+        for item in items:
+            line = self.encoder.item(item)
+            if line is None:
+                continue
+            try:
+                records.append(line.encode())
+            except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
+                records.append(line.encode("utf-8", "backslashreplace"))
+        self.spool.append_many(records)
+        self._since_flush += len(records)
         if self._since_flush >= self.cfg.batch_size:
             self._wake.set()
 

@@ -22,6 +22,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,19 +137,33 @@ class Spool:
 
     def append(self, payload: bytes) -> None:
         """Write one record; it survives a crash of this process from here on (sync() for power loss)."""
+        self.append_many((payload,))
+
+    def append_many(self, payloads: Sequence[bytes]) -> None:
+        """Write records with one write() (a write() costs more than encoding a record's header and CRC);
+        all of them survive a crash of this process from here on, or none is written and this raises."""
         if self._fd is None:
             raise RuntimeError(f"spool {self.dir} is not open")
-        if len(payload) > MAX_RECORD:  # would read back as corrupt and take the rest of its segment along
-            raise ValueError(f"spool {self.dir}: a record of {len(payload)} bytes is over {MAX_RECORD}; not spooled")
+        for payload in payloads:
+            if len(payload) > MAX_RECORD:  # would read back as corrupt and take the rest of its segment along
+                raise ValueError(f"spool {self.dir}: a record of {len(payload)} bytes is over {MAX_RECORD}; "
+                                 "not spooled")
+        if not payloads:
+            return
         if self.active.size >= self.segment_bytes:
             self._rotate()
-        record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        os.write(self._fd, record)
+        pack, crc32 = HEADER.pack, zlib.crc32
+        data = b"".join([part for payload in payloads for part in (pack(len(payload), crc32(payload)), payload)])
         seg = self.active
-        seg.size += len(record)
-        seg.unacked += 1
-        self._size += len(record)
-        self._unsynced += 1
+        written = os.write(self._fd, data)
+        if written != len(data):  # a full disk: a torn record here would hide every later one from read()
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, seg.size)
+            raise OSError(f"spool {self.dir}: wrote {written} of {len(data)} bytes (disk full?); not spooled")
+        seg.size += len(data)
+        seg.unacked += len(payloads)
+        self._size += len(data)
+        self._unsynced += len(payloads)
         if self._size > self.max_bytes:
             self._enforce_bound()
 
