@@ -19,6 +19,9 @@ from bridge.reading import Event, Reading, fmt_maybe
 log = logging.getLogger("bitaxe.sinks")
 
 Item = Reading | Event
+# At most this many queued items go to a sink with `handle_many` at once (the InfluxDB spool writes them with
+# one write()); they were as volatile in the queue as in the list, so nothing a crash could lose is added.
+BULK = 500
 
 
 @runtime_checkable
@@ -26,7 +29,9 @@ class Sink(Protocol):
     """What the poller hands readings and events to. `handle` may await (network); `aclose` flushes.
 
     A sink that needs a long-running task of its own (a broker connection, a batch flusher) also
-    defines `async def run(self) -> None`; the fan-out runs it in its task group until shutdown.
+    defines `async def run(self) -> None`; the fan-out runs it in its task group until shutdown. A sink
+    that takes several items more cheaply than one at a time defines `async def handle_many(self, items)`,
+    which either takes all of them or raises before taking any.
     """
 
     name: str
@@ -113,13 +118,32 @@ class SinkQueue:
                                  f"sink {self.sink.name} failed on a {type(item).__name__.lower()} from "
                                  f"{item.miner} ({type(exc).__name__}: {exc}); item skipped", exc_info=True)
 
-    async def drain(self) -> None:
-        while True:
-            item = await self.queue.get()
+    async def deliver_many(self, items: list[Item]) -> None:
+        """Hand what queued up to a sink with handle_many; when that fails, one at a time (an error skips that
+        item only)."""
+        handle_many = getattr(self.sink, "handle_many", None)
+        if handle_many is not None and len(items) > 1:
             try:
-                await self.deliver(item)
+                await handle_many(items)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                pass  # it took none of them: find the one it failed on
+        for item in items:
+            await self.deliver(item)
+
+    async def drain(self) -> None:
+        bulk = BULK if hasattr(self.sink, "handle_many") else 1
+        while True:
+            items = [await self.queue.get()]
+            while len(items) < bulk and not self.queue.empty():
+                items.append(self.queue.get_nowait())
+            try:
+                await self.deliver_many(items)
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
             # A sink may swallow our cancellation: on Python 3.11 asyncio.wait_for (inside aiomqtt's
             # publish) can turn it into the client's "disconnected" error, which the sink then handles.
             # Without this check the drain would wait on an empty queue forever and block shutdown.

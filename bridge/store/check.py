@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import InfluxConfig
-from bridge.store.influx import basic_auth, v2_bucket, v2_token
+from bridge.store.influx import basic_auth, v2_auth, v2_bucket, v2_write_params
 
 
 class StoreCheckError(Exception):
@@ -74,13 +74,10 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
 
 async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:
     bucket = v2_bucket(cfg)
-    token = v2_token(cfg)
-    headers = {"Content-Type": "text/plain; charset=utf-8"}
-    if token:
-        headers["Authorization"] = f"Token {token}"
+    headers = {"Content-Type": "text/plain; charset=utf-8", **v2_auth(cfg)}
     # An empty write checks credentials and bucket without storing anything.
     status, text, _ = await _request(session, "POST", base + "/api/v2/write", cfg, data=b"", headers=headers,
-                                     params={"org": cfg.org or "-", "bucket": bucket, "precision": "ms"})
+                                     params=v2_write_params(cfg))
     if status in (401, 403):
         raise StoreCheckError(f"InfluxDB at {cfg.url} refused the credentials (HTTP {status}); check "
                               "influxdb.token (2.x/3.x: an API token with write access to the bucket) or "

@@ -18,7 +18,7 @@ import aiohttp
 
 from bridge.config import BridgeConfig, InfluxConfig
 from bridge.reading import Event
-from bridge.store.influx import WriteError, basic_auth, make_writer, v2_token
+from bridge.store.influx import WriteError, basic_auth, make_writer, v2_auth
 from bridge.store.points import LineEncoder
 from bridge.store.sqlite import SqliteStore, open_readonly
 
@@ -118,11 +118,7 @@ async def _read_influx(cfg: InfluxConfig, kinds: Sequence[str], miner: str | Non
               "db": cfg.database or cfg.bucket or "", "epoch": "ms"}
     if cfg.retention_policy:
         params["rp"] = cfg.retention_policy
-    headers: dict[str, str] = {}
-    if cfg.api == "v1":
-        headers = basic_auth(cfg)
-    elif cfg.api == "v2" and (token := v2_token(cfg)):
-        headers["Authorization"] = f"Token {token}"
+    headers = basic_auth(cfg) if cfg.api == "v1" else v2_auth(cfg)
     try:
         async with aiohttp.ClientSession() as session, asyncio.timeout(cfg.timeout):
             async with session.post(cfg.url.rstrip("/") + "/query", data=params,

@@ -25,9 +25,11 @@ import logging
 import os
 import re
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Literal
 
 import aiohttp
 
@@ -37,7 +39,7 @@ from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup
-from bridge.store.spool import Cursor, Spool
+from bridge.store.spool import Batch, Cursor, Spool
 
 log = logging.getLogger("bitaxe.store.influx")
 
@@ -48,8 +50,8 @@ LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
 # Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
 FINAL_FLUSH_TIMEOUT = 3.0
 # Batches written at once: the server ingests one while the next is on its way (a spool replay after an
-# outage, a large fleet). The ack cursor moves only once every batch of a round is confirmed.
-WRITES_IN_FLIGHT = 2
+# outage, a large fleet). The ack cursor moves over a batch once it and every batch before it are confirmed.
+WRITES_IN_FLIGHT = 4
 _MINER_TAG = re.compile(r"[ ,]miner=((?:[^\\, ]|\\.)+)")
 
 
@@ -130,6 +132,16 @@ def basic_auth(cfg: InfluxConfig) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
 
 
+def v2_auth(cfg: InfluxConfig) -> dict[str, str]:
+    """The v2 API's token header; none without a token (VictoriaMetrics, an open 1.8)."""
+    token = v2_token(cfg)
+    return {"Authorization": f"Token {token}"} if token else {}
+
+
+def v2_write_params(cfg: InfluxConfig) -> dict[str, str]:
+    return {"org": cfg.org or "-", "bucket": v2_bucket(cfg), "precision": "ms"}
+
+
 def v2_token(cfg: InfluxConfig) -> str:
     if cfg.token:
         return cfg.token.get_secret_value()
@@ -138,27 +150,17 @@ def v2_token(cfg: InfluxConfig) -> str:
     return ""
 
 
-class Writer(Protocol):
-    target: str
+class HttpWriter:
+    """POSTs line protocol to one write endpoint over aiohttp, gzip'd at level 1 when influxdb.gzip is on."""
 
-    async def start(self) -> None: ...
+    path = ""
 
-    async def write(self, body: bytes) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class V1Writer:
-    """Plain InfluxDB 1.x `POST /write?db=&rp=&precision=ms` over aiohttp."""
-
-    def __init__(self, cfg: InfluxConfig) -> None:
+    def __init__(self, cfg: InfluxConfig, params: dict[str, str], headers: dict[str, str]) -> None:
         self.cfg = cfg
         self.target = target_of(cfg)
         self.session: aiohttp.ClientSession | None = None
-        self.params = {"db": cfg.database or "", "precision": "ms"}
-        if cfg.retention_policy:
-            self.params["rp"] = cfg.retention_policy
-        self.headers = basic_auth(cfg)
+        self.params = params
+        self.headers = {"Content-Type": "text/plain; charset=utf-8", **headers}
         if cfg.gzip:
             self.headers["Content-Encoding"] = "gzip"
 
@@ -180,10 +182,29 @@ class V1Writer:
 
     async def write(self, body: bytes) -> None:
         if self.cfg.gzip:
-            body = gzip.compress(body, compresslevel=1)  # level 1: most of the gain at a fraction of the CPU
-        status, text = await self._post("/write", self.params, body)
+            # Level 1: most of the gain at a fraction of the CPU (influxdb-client's level 9 cost the bridge
+            # ~5 µs a point, bench/store.py).
+            body = gzip.compress(body, compresslevel=1)
+        status, text = await self._post(self.path, self.params, body)
         if status >= 300:
             raise WriteError(classify(status), status, text[:1000], self.target)
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+class V1Writer(HttpWriter):
+    """InfluxDB 1.x `POST /write?db=&rp=&precision=ms`."""
+
+    path = "/write"
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        params = {"db": cfg.database or "", "precision": "ms"}
+        if cfg.retention_policy:
+            params["rp"] = cfg.retention_policy
+        super().__init__(cfg, params, basic_auth(cfg))
 
     async def create_database(self) -> None:
         db = (self.cfg.database or "").replace('"', '\\"')
@@ -194,55 +215,17 @@ class V1Writer:
         log.warning("%s: created the database (influxdb.create_database is true); set a retention "
                     "policy on it (see docs/storage.md)", self.target)
 
-    async def aclose(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
 
+class V2Writer(HttpWriter):
+    """InfluxDB v2 write API `POST /api/v2/write?org=&bucket=&precision=ms` (2.x, 3.x, 1.8, VictoriaMetrics)."""
 
-class V2Writer:
-    """InfluxDB v2 write API (2.x, 3.x, 1.8 compat, VictoriaMetrics) via influxdb-client's async client."""
+    path = "/api/v2/write"
 
     def __init__(self, cfg: InfluxConfig) -> None:
-        self.cfg = cfg
-        self.target = target_of(cfg)
-        self.bucket = v2_bucket(cfg)
-        self.org = cfg.org or "-"
-        self.client: object | None = None
-
-    async def start(self) -> None:
-        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-
-        if self.client is None:
-            self.client = InfluxDBClientAsync(url=self.cfg.url, token=v2_token(self.cfg), org=self.org,
-                                              timeout=int(self.cfg.timeout * 1000),
-                                              verify_ssl=self.cfg.verify_ssl, enable_gzip=self.cfg.gzip)
-
-    async def write(self, body: bytes) -> None:
-        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-        from influxdb_client.domain.write_precision import WritePrecision
-        from influxdb_client.rest import ApiException
-
-        assert isinstance(self.client, InfluxDBClientAsync), "start() first"
-        try:
-            async with asyncio.timeout(self.cfg.timeout):
-                await self.client.write_api().write(bucket=self.bucket, org=self.org, record=body,
-                                                    write_precision=WritePrecision.MS)  # type: ignore[arg-type]
-        except ApiException as exc:
-            status = int(exc.status or 0)
-            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
-            raise WriteError(classify(status), status, (text or str(exc.reason)).strip()[:1000],
-                             self.target) from None
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise WriteError("transient", None, _describe(exc), self.target) from None
-
-    async def aclose(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            await client.close()  # type: ignore[attr-defined]
+        super().__init__(cfg, v2_write_params(cfg), v2_auth(cfg))
 
 
-def make_writer(cfg: InfluxConfig) -> V1Writer | V2Writer:
+def make_writer(cfg: InfluxConfig) -> HttpWriter:
     return V1Writer(cfg) if cfg.api == "v1" else V2Writer(cfg)
 
 
@@ -250,7 +233,7 @@ class InfluxSink:
     """The `Sink` for InfluxDB: write-ahead spool + batched, retried writes (see module doc)."""
 
     def __init__(self, cfg: InfluxConfig, name: str = "influxdb",
-                 writer: V1Writer | V2Writer | None = None) -> None:
+                 writer: HttpWriter | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.encoder = LineEncoder(cfg.measurement, cfg.event_measurement, cfg.rollup_measurement or "")
@@ -282,19 +265,27 @@ class InfluxSink:
         await self.writer.start()
 
     async def handle(self, item: Reading | Event) -> None:
-        if self.rollup and isinstance(item, Reading) and (part := self.rollup.add_reading(item)) is not None:
-            self._append(self.encoder.part(part))
-        line = self.encoder.item(item)
-        if line is not None:
-            self._append(line)
+        await self.handle_many((item,))
 
-    def _append(self, line: str) -> None:
-        try:
-            data = line.encode()
-        except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
-            data = line.encode("utf-8", "backslashreplace")
-        self.spool.append(data)
-        self._since_flush += 1
+    async def handle_many(self, items: Sequence[Reading | Event]) -> None:
+        """Spool the items with one write (the fan-out hands over what queued up); raises before anything is
+        written when one of them cannot be encoded."""
+        self._spool([line for item in items if (line := self.encoder.item(item)) is not None])
+        # Only once the readings are spooled: a bulk that raised is retried one item at a time, and a
+        # reading counted twice into its part would cost its hour the rollup (the analyzer checks).
+        if self.rollup is not None:
+            self._spool([self.encoder.part(part) for item in items
+                         if isinstance(item, Reading) and (part := self.rollup.add_reading(item)) is not None])
+
+    def _spool(self, lines: list[str]) -> None:
+        records = []
+        for line in lines:
+            try:
+                records.append(line.encode())
+            except UnicodeEncodeError:  # a lone surrogate from somewhere: keep the point, mark the character
+                records.append(line.encode("utf-8", "backslashreplace"))
+        self.spool.append_many(records)
+        self._since_flush += len(records)
         if self._since_flush >= self.cfg.batch_size:
             self._wake.set()
 
@@ -305,8 +296,8 @@ class InfluxSink:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
-            for part in self.rollup.expired(time.time()) if self.rollup else ():
-                self._append(self.encoder.part(part))
+            if self.rollup is not None:
+                self._spool([self.encoder.part(part) for part in self.rollup.expired(time.time())])
             try:
                 delay = await self.flush()
             except asyncio.CancelledError:
@@ -317,8 +308,8 @@ class InfluxSink:
                 delay = MAX_BACKOFF
 
     async def aclose(self) -> None:
-        for part in self.rollup.drain() if self.rollup else ():
-            self._append(self.encoder.part(part))
+        if self.rollup is not None:
+            self._spool([self.encoder.part(part) for part in self.rollup.drain()])
         try:
             async with asyncio.timeout(min(self.cfg.timeout + 2, FINAL_FLUSH_TIMEOUT)):
                 await self.flush()
@@ -363,12 +354,9 @@ class InfluxSink:
             self._since_flush = 0
             await self.sync()
             while True:
-                size = self.cfg.batch_size
-                batch = self.spool.read(size * WRITES_IN_FLIGHT)
-                if not batch:
-                    return self.cfg.flush_interval
                 try:
-                    await self._write_round([batch.records[i:i + size] for i in range(0, len(batch), size)])
+                    await self._write_window()
+                    return self.cfg.flush_interval
                 except WriteError as exc:
                     # A shutdown that met aiohttp's request timeout arrives as a timeout: not a failed
                     # write to retry, or the flusher would never stop.
@@ -380,16 +368,36 @@ class InfluxSink:
                         except WriteError as create_exc:
                             exc = create_exc
                     return self._failed(exc)
+
+    async def _write_window(self) -> None:
+        """Write the spool from the ack cursor to its end, WRITES_IN_FLIGHT batches at a time.
+
+        A sliding window: the next batch is read and sent as soon as the oldest is confirmed, so the bridge
+        encodes and gzips while the server ingests (waiting for a whole round left one side idle). Batches
+        are acked in order, each once it and all before it are confirmed. The first failure is raised once
+        the batches still in flight have answered: a batch split around a refused point is not cut short.
+        """
+        window: deque[tuple[Batch, asyncio.Task[None]]] = deque()
+        start: Cursor | None = None
+        try:
+            while True:
+                while len(window) < WRITES_IN_FLIGHT and (batch := self.spool.read(self.cfg.batch_size, start)):
+                    window.append((batch, asyncio.ensure_future(self._write_or_split(batch.records))))
+                    start = batch.end
+                if not window:
+                    return
+                try:
+                    await window[0][1]
+                except WriteError:
+                    await asyncio.gather(*(task for _, task in window), return_exceptions=True)
+                    raise
+                batch = window.popleft()[0]
                 self.spool.ack(batch)
                 self.written += len(batch)
                 self._recovered()
-
-    async def _write_round(self, parts: list[list[bytes]]) -> None:
-        """Write the batches at once; the first failure (if any) is raised once all have answered."""
-        results = await asyncio.gather(*(self._write_or_split(p) for p in parts), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        finally:
+            for _, task in window:  # cancelled from outside: stop the writes still in flight
+                task.cancel()
 
     async def _write_or_split(self, records: list[bytes]) -> None:
         try:

@@ -22,6 +22,7 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,7 @@ class Spool:
         self.torn = 0  # torn/corrupt bytes cut off at open
         self._fd: int | None = None
         self._unsynced = 0
+        self._size = 0  # sum of the segments' sizes, kept up to date: append checks it for every record
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Spool:
             if start:
                 count = _scan(path, min(start, good_end))[0]
             self.segments.append(Segment(seq, path, good_end, count))
+            self._size += good_end
         # Appends go to a fresh segment: old ones are immutable once the process that wrote them is gone.
         next_seq = max([s.seq for s in self.segments] + [self.ack_cursor.segment, 0]) + 1
         self._new_segment(next_seq)
@@ -134,19 +137,34 @@ class Spool:
 
     def append(self, payload: bytes) -> None:
         """Write one record; it survives a crash of this process from here on (sync() for power loss)."""
+        self.append_many((payload,))
+
+    def append_many(self, payloads: Sequence[bytes]) -> None:
+        """Write records with one write() (a write() costs more than encoding a record's header and CRC);
+        all of them survive a crash of this process from here on, or none is written and this raises."""
         if self._fd is None:
             raise RuntimeError(f"spool {self.dir} is not open")
-        if len(payload) > MAX_RECORD:  # would read back as corrupt and take the rest of its segment along
-            raise ValueError(f"spool {self.dir}: a record of {len(payload)} bytes is over {MAX_RECORD}; not spooled")
+        for payload in payloads:
+            if len(payload) > MAX_RECORD:  # would read back as corrupt and take the rest of its segment along
+                raise ValueError(f"spool {self.dir}: a record of {len(payload)} bytes is over {MAX_RECORD}; "
+                                 "not spooled")
+        if not payloads:
+            return
         if self.active.size >= self.segment_bytes:
             self._rotate()
-        record = HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        os.write(self._fd, record)
+        pack, crc32 = HEADER.pack, zlib.crc32
+        data = b"".join([part for payload in payloads for part in (pack(len(payload), crc32(payload)), payload)])
         seg = self.active
-        seg.size += len(record)
-        seg.unacked += 1
-        self._unsynced += 1
-        if self.size > self.max_bytes:
+        written = os.write(self._fd, data)
+        if written != len(data):  # a full disk: a torn record here would hide every later one from read()
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, seg.size)
+            raise OSError(f"spool {self.dir}: wrote {written} of {len(data)} bytes (disk full?); not spooled")
+        seg.size += len(data)
+        seg.unacked += len(payloads)
+        self._size += len(data)
+        self._unsynced += len(payloads)
+        if self._size > self.max_bytes:
             self._enforce_bound()
 
     def sync_fd(self) -> int | None:
@@ -175,13 +193,14 @@ class Spool:
 
     @property
     def size(self) -> int:
-        return sum(s.size for s in self.segments)
+        return self._size
 
-    def read(self, max_records: int) -> Batch:
-        """Up to max_records unacked records in order, from the ack cursor (a retry reads them again)."""
+    def read(self, max_records: int, start: Cursor | None = None) -> Batch:
+        """Up to max_records unacked records in order, from the ack cursor (a retry reads them again) or from
+        `start`, the end of a batch read before and not yet acked (the writes in flight)."""
         records: list[bytes] = []
         counts: dict[int, int] = {}
-        cursor = self.ack_cursor
+        cursor = self.ack_cursor if start is None else start
         for i, seg in enumerate(self.segments):
             if seg.seq < cursor.segment:
                 continue
@@ -235,7 +254,12 @@ class Spool:
 
     def _delete_acked(self) -> None:
         while len(self.segments) > 1 and self.segments[0].seq < self.ack_cursor.segment:
-            self.segments.pop(0).path.unlink(missing_ok=True)
+            self._pop_oldest().path.unlink(missing_ok=True)
+
+    def _pop_oldest(self) -> Segment:
+        seg = self.segments.pop(0)
+        self._size -= seg.size
+        return seg
 
     def _new_segment(self, seq: int) -> None:
         path = self.dir / f"{seq:012d}{SEGMENT_SUFFIX}"
@@ -259,8 +283,8 @@ class Spool:
                 os.close(dfd)
 
     def _enforce_bound(self) -> None:
-        while self.size > self.max_bytes and len(self.segments) > 1:
-            seg = self.segments.pop(0)
+        while self._size > self.max_bytes and len(self.segments) > 1:
+            seg = self._pop_oldest()
             self.dropped += seg.unacked
             log.warning("spool %s: over spool_max_mb (%.1f MB); dropped the oldest segment with %d "
                         "unsent point(s) (%d dropped so far). The store has been unreachable too long: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -117,4 +118,20 @@ def test_random_appends_acks_and_crashes_match_a_simple_model(tmp_path: Path) ->
         else:  # the process dies (no close) and starts again
             s = _open(tmp_path, segment_bytes=300)
         assert s.pending == len(model)
+        assert s.size == sum(f.stat().st_size for f in tmp_path.glob("*.seg"))  # the running total
     assert s.dropped == 0 and s.torn == 0
+
+
+
+def test_a_short_write_is_cut_off_and_raises_so_later_records_still_read(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    s = _open(tmp_path)
+    s.append_many([b"a", b"b"])
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:10]))  # the disk filled up mid-write
+    with pytest.raises(OSError, match="disk full"):
+        s.append_many([b"c" * 100, b"d"])
+    monkeypatch.setattr(os, "write", real)
+    s.append(b"e")
+    assert s.read(10).records == [b"a", b"b", b"e"] and s.pending == 3
+    assert _open(tmp_path).read(10).records == [b"a", b"b", b"e"]
