@@ -77,15 +77,20 @@ async def test_batches_go_gzipped_a_window_at_a_time_and_every_point_once(captur
     assert sink.pending == 0 and sink.written == 95
 
 
+async def spooled(capture: tuple[Capture, str], tmp_path: Path, n: int) -> InfluxSink:
+    """A started sink in batches of 10 to the capture server, with readings 0..n-1 spooled."""
+    sink = InfluxSink(InfluxConfig(url=capture[1], api="v1", database="d", spool_dir=tmp_path / "spool",
+                                   batch_size=10, rollup_measurement=None))
+    await sink.start()
+    for i in range(n):
+        await sink.handle(reading(i))
+    return sink
+
+
 async def test_a_round_with_one_failed_batch_is_acked_only_after_the_retry(capture: tuple[Capture, str],
                                                                             tmp_path: Path) -> None:
-    cap, url = capture
-    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10,
-                       rollup_measurement=None)
-    sink = InfluxSink(cfg)
-    await sink.start()
-    for i in range(20):
-        await sink.handle(reading(i))
+    cap, _ = capture
+    sink = await spooled(capture, tmp_path, 20)
     cap.fail_next = 1
     await sink.flush()  # the first batch answered 503: the second, confirmed, is not acked before it
     assert sink.pending == 20
@@ -98,13 +103,8 @@ async def test_a_round_with_one_failed_batch_is_acked_only_after_the_retry(captu
 
 async def test_batches_are_acked_in_order_up_to_the_first_that_failed(capture: tuple[Capture, str],
                                                                       tmp_path: Path) -> None:
-    cap, url = capture
-    cfg = InfluxConfig(url=url, api="v1", database="d", spool_dir=tmp_path / "spool", batch_size=10,
-                       rollup_measurement=None)
-    sink = InfluxSink(cfg)
-    await sink.start()
-    for i in range(30):
-        await sink.handle(reading(i))
+    cap, _ = capture
+    sink = await spooled(capture, tmp_path, 30)
     second = sink.encoder.reading(reading(15))
     assert second is not None
     cap.fail_with = second.encode()
