@@ -53,7 +53,7 @@ class Bridge:
                 self.influx = sink
         # Every command (MQTT, the watchdog, sessions) goes through this one guard.
         self.guard = Guard(cfg, self.poller, self.fanout.publish)
-        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True, live=True)
+        self.fanout.add(Watchdog(cfg, self.guard, self.fanout.publish), maxsize=10_000, drop_oldest=True, live="all")
         # Auto-tunes (bridge/tune): time_scale > 1 only against a time-scaled simulator. Polled readings only:
         # its statistics weight readings evenly in time, which pushes between polls would not.
         self.tune = TuneService(cfg, self.poller, self.guard, self.fanout.publish, time_scale=time_scale)
@@ -61,7 +61,7 @@ class Bridge:
         self.mqtt: MqttBridge | None = None
         if cfg.mqtt is not None:
             self.mqtt = MqttBridge(cfg, self.guard, self.tune)
-            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live=True, live_changes=True)
+            self.fanout.add(self.mqtt, maxsize=10_000, drop_oldest=True, live="changes")
         if cfg.prometheus is not None:
             from bridge.prometheus import PrometheusSink  # prometheus-client is imported only when it is on
 

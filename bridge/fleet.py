@@ -36,6 +36,7 @@ CLAIM_GRACE = 60.0  # s from claiming to the bridge availability going online (a
 # (plus a minute) is stale: a bridge that died together with the broker leaves it retained, no last will is
 # sent, and a Docker container recreated with a new host name would otherwise be refused for ever.
 STALE_INTERVALS = 3
+STALE_SLACK = 60.0  # s added to that: a slow start, a broker that delivered the state late
 
 
 class FleetError(Exception):
@@ -178,7 +179,7 @@ def _stale(body: bytes | None, now: float) -> bool:
         t, interval = float(doc["time"]), float(doc.get("interval") or 0)  # type: ignore[index,union-attr]
     except (ValueError, KeyError, TypeError, AttributeError):
         return False  # no state (older versions publish none): the availability alone decides
-    return now - t > STALE_INTERVALS * interval + 60.0
+    return now - t > STALE_INTERVALS * interval + STALE_SLACK
 
 
 async def claim_miners(cfg: BridgeConfig) -> dict[str, Claim]:

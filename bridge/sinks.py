@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from bridge.cancel import raise_if_cancelling
 from bridge.problems import ProblemLog
@@ -19,6 +19,9 @@ from bridge.reading import Event, Reading, fmt_maybe
 log = logging.getLogger("bitaxe.sinks")
 
 Item = Reading | Event
+# Which readings built from live pushes a sink takes: none, all (the watchdog), or those that change a
+# setting or status (MQTT; bridge.live.notable).
+Live = Literal["none", "all", "changes"]
 # At most this many queued items go to a sink with `handle_many` at once (the InfluxDB spool writes them with
 # one write()); they were as volatile in the queue as in the list, so nothing a crash could lose is added.
 BULK = 500
@@ -81,13 +84,11 @@ class LogSink(SinkBase):
 class SinkQueue:
     """One sink's bounded inbox and the task that drains it."""
 
-    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: bool = False,
-                 live_changes: bool = False) -> None:
+    def __init__(self, sink: Sink, maxsize: int, drop_oldest: bool, live: Live = "none") -> None:
         self.sink = sink
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize)
         self.drop_oldest = drop_oldest
-        self.live = live  # also takes the readings built from live pushes
-        self.live_changes = live_changes  # ... only those that change a setting or status (bridge.live.notable)
+        self.live = live
         self.dropped = 0
         self.failures = ProblemLog(log, logging.ERROR)
 
@@ -156,9 +157,8 @@ class Fanout:
     def __init__(self) -> None:
         self.queues: list[SinkQueue] = []
 
-    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: bool = False,
-            live_changes: bool = False) -> None:
-        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live, live_changes))
+    def add(self, sink: Sink, maxsize: int = 10_000, drop_oldest: bool = True, live: Live = "none") -> None:
+        self.queues.append(SinkQueue(sink, maxsize, drop_oldest, live))
 
     def publish(self, item: Item) -> None:
         for q in self.queues:
@@ -168,7 +168,7 @@ class Fanout:
         """A reading built from a live push: only to the sinks that asked for them (the watchdog every one,
         MQTT those with `changed`: a setting or status differs from the last reading it got)."""
         for q in self.queues:
-            if q.live and (changed or not q.live_changes):
+            if q.live == "all" or (q.live == "changes" and changed):
                 q.put(reading)
 
     async def run(self) -> None:

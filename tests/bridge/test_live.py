@@ -321,8 +321,8 @@ async def test_only_the_sinks_that_ask_get_pushed_readings() -> None:
     fanout = Fanout()
     store, watchdog, mqtt = Recorder("store"), Recorder("safety"), Recorder("mqtt")
     fanout.add(store)
-    fanout.add(watchdog, live=True)
-    fanout.add(mqtt, live=True, live_changes=True)
+    fanout.add(watchdog, live="all")
+    fanout.add(mqtt, live="changes")
     polled, noise, change = _reading(), dataclasses.replace(_reading(), power=1.0), \
         dataclasses.replace(_reading(), frequency=600.0)
     fanout.publish(polled)
