@@ -101,4 +101,6 @@ async def test_a_breach_through_the_real_guard_steps_back_before_the_limit(tmp_p
     assert hot and all(e.reason.startswith("chip") for e in hot)
     with sqlite3.connect(tmp_path / "bitaxe.db") as conn:
         hottest, n = conn.execute("SELECT MAX(asic_temp), COUNT(*) FROM readings WHERE miner = 'm0'").fetchone()
-    assert n > 100 and hottest <= 64.0  # every stored reading inside the limit
+    # Every stored reading inside the limit. How many there are depends on the machine's load (polls are
+    # 0.2 s apart in wall time: ~190 alone, 70 seen under the full suite on 2 cores), so only "enough".
+    assert n > 20 and hottest <= 64.0, (n, hottest, summary.duration_s, [(e.config, e.status) for e in summary.entries])
