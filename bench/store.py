@@ -33,6 +33,8 @@ from tests.support.servers import InfluxDB1, VictoriaMetrics, find_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 Row = tuple[str, int, float, str]
+# label -> (points/s, bridge CPU µs/point, server CPU µs/point), for the text under the table
+CPU: dict[str, tuple[float, float, float]] = {}
 
 
 def _readings(n: int) -> list[Reading]:
@@ -144,10 +146,32 @@ def bench_influx_sink(readings: list[Reading], cfg: InfluxConfig, label: str, no
     dt, cpu, server, n = asyncio.run(run())
     if n > len(readings):
         note += f"; {n - len(readings):,} of the points are rollup parts"
+    CPU[label] = (n / dt, cpu / n * 1e6, server / n * 1e6)
     # Client and server share the machine's cores: their CPU per point together bounds the rate.
     ceiling = f"; both on {os.cpu_count()} cores: ≤ {(os.cpu_count() or 1) * n / (cpu + server):,.0f} points/s"
     return (label, n, dt, f"{note}; bridge CPU {cpu / n * 1e6:.0f} µs/point"
             + (f", server CPU {server / n * 1e6:.0f} µs/point{ceiling}" if server_pid else ""))
+
+
+def _bounds(encode: Row) -> str:
+    """What this run's CPU per point says about the live rate (client and server on the same cores)."""
+    cores = os.cpu_count() or 1
+    out = []
+    for name, label in (("InfluxDB 1.x", "InfluxDB 1.x /write via InfluxSink"),
+                        ("VictoriaMetrics", "VictoriaMetrics v2 API via InfluxSink")):
+        if label in CPU:
+            rate, bridge, server = CPU[label]
+            out.append(f"{name}: bridge {bridge:.0f} µs + server {server:.0f} µs of CPU per point, so at most "
+                       f"~{cores * 1e6 / (bridge + server):,.0f} points/s on {cores} cores with both always busy; "
+                       f"the run reached {rate:,.0f}")
+    if not out:
+        return ""
+    return ("Live, the bridge's CPU per point is mostly encoding (" + encode[3].split(",")[0] + " here, most of it "
+            "`repr()` of ~20 floats; the spool's write() and CRC, gzip and HTTP the rest). " + "; ".join(out)
+            + ". Encoding and sending share one event loop, and the machine is shared (runs vary by ±30 %, and "
+            "by 2-3× from one day to the next), so compare rows of one run. A spooled backlog, already "
+            "encoded, goes out at the server's pace. The bridge writes one point per miner per poll interval, "
+            "plus a rollup part per 30 s: ~230 points/s for 1,000 miners.")
 
 
 def _proc_cpu(pid: int | None) -> float:
@@ -198,7 +222,8 @@ def main() -> None:
         variants: list[tuple[str, dict[str, object], bool, bool]] = [  # label, config, as before, replay
             (", as before issue 12", {"gzip": False, "rollup_measurement": None}, True, False), ("", {}, False, False),
             (", no gzip", {"gzip": False}, False, False), (", batches of 5,000", {"batch_size": 5000}, False, False),
-            (", replaying a spooled backlog", {}, False, True)]
+            (", replaying a spooled backlog", {}, False, True),
+            (", without rollups", {"rollup_measurement": None}, False, False)]
 
         def sink_rows(server: InfluxDB1 | VictoriaMetrics, name: str, make: Callable[[int, dict[str, object]],
                       InfluxConfig], which: list[int]) -> list[Row]:
@@ -220,7 +245,7 @@ def main() -> None:
                     server.query(f'CREATE DATABASE "bench{i}"')
                     return InfluxConfig(url=server.url, api="v1", database=f"bench{i}", spool_dir=work / f"sp1{i}",
                                         **extra)
-                return sink_rows(server, "InfluxDB 1.x /write", make, [0, 1, 2, 3, 4])
+                return sink_rows(server, "InfluxDB 1.x /write", make, [0, 1, 5, 2, 3, 4])
             rows += _with_server(lambda: InfluxDB1(work / "influxdb"), v1)
         if find_binary("victoria-metrics", "/usr/bin/victoria-metrics"):
             def v2(server: InfluxDB1 | VictoriaMetrics) -> list[Row]:
@@ -244,17 +269,7 @@ def main() -> None:
             "A *spooled backlog* is what the bridge sends after an outage: the lines are already encoded, and "
             "the pace is the server's. gzip (level 1) costs the bridge a few µs per point on loopback and saves "
             "~7× the bytes on a real network.\n\n"
-            "Live, the bridge's own CPU per point (~17 µs: ~12 of it encoding, most of that `repr()` of ~20 "
-            "floats; the spool's write() and CRC, gzip and HTTP the rest) would cap one event loop near 60,000 "
-            "points/s with nothing else to do, and the server needs another 12-14 µs (VictoriaMetrics) or 23-27 "
-            "µs (InfluxDB 1.6) per point on the same 2 cores. Even with both sides busy all the time the ceiling "
-            "is ~45,000-50,000 points/s with InfluxDB 1.6 and ~63,000-68,000 with VictoriaMetrics; the runs get "
-            "about half to two thirds of it (encoding and sending share one event loop, and the machine is "
-            "shared: runs vary by ±30 %). So 50,000 live points/s is out of reach on this machine with InfluxDB "
-            "1.6 and not reached with VictoriaMetrics. A spooled backlog, already encoded, goes out at 50,000-"
-            "70,000 points/s when the server has the cores to itself (InfluxDB slower here, last of five runs "
-            "into the same server). The bridge writes one point per miner per poll interval: 200 points/s for "
-            "1,000 miners.")
+            + _bounds(rows[0]))
     print(text)
     if not args.no_write:
         write_section("Storage", text)
