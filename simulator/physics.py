@@ -419,7 +419,8 @@ class MinerModel:
         chip_t = self.chip_temp + rng.gauss(0.0, 0.25)
         fan_pct = round(self.fan * 100.0)
         rpm = max(0.0, self._rpm_max * self.fan**0.9 * rng.gauss(1.0, 0.01)) if self.fan > 0.02 else 0.0
-        err_pct = 0.0 if hashrate <= 0 else max(0.0, err * 100.0 * (1.0 + 0.05 * rng.gauss(0.0, 1.0)))
+        # a fraction of nonces: the noise never takes it past 100 % (the firmware's counters cannot)
+        err_pct = 0.0 if hashrate <= 0 else min(100.0, max(0.0, err * 100.0 * (1.0 + 0.05 * rng.gauss(0.0, 1.0))))
         chips = tuple(reg * s for s in self._chip_share)
         # Share-derived estimate over ~10 min: Poisson noise of the shares counted in the window.
         n_win = self._ema[600.0] * 1e9 * 600.0 / (self.pool_difficulty * DIFF1)

@@ -193,7 +193,9 @@ class Display:
     def note(self, name: str, text: str) -> None:
         self.notes[name] = text
         if not self.live:
-            print(f"{name}: {text}", file=self.out, flush=True)
+            line = f"{name}: {text}"
+            self.last[name] = line.split(" ETA")[0]  # show() prints a line only when it changed
+            print(line, file=self.out, flush=True)
 
     def show(self, statuses: dict[str, TuneStatus | None]) -> None:
         width = shutil.get_terminal_size((100, 20)).columns

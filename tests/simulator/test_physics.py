@@ -90,6 +90,17 @@ def test_error_rate_rises_as_voltage_falls() -> None:
     assert by_freq == sorted(by_freq)
 
 
+def test_reported_error_rate_stays_a_percentage_far_below_the_needed_voltage() -> None:
+    # ~95 % of nonces wrong plus 5 % noise once went past 100 %, which the bridge rightly flags implausible
+    model = MinerModel(BOARDS["Gamma"], seed=1)
+    model.set_clock(625, 1000)
+    errors = []
+    for _ in range(600):
+        model.step(1.0)
+        errors.append(model.sample().error_pct)
+    assert max(errors) <= 100.0 and statistics.fmean(errors) > 80.0
+
+
 def test_efficiency_has_an_interior_optimum() -> None:
     # Lower voltage saves power (V²) until errors eat the hashrate: the analyzer has something to find.
     model = MinerModel(BOARDS["Gamma"])

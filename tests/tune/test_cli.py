@@ -95,3 +95,9 @@ def test_progress_redraws_bars_on_a_terminal_and_prints_changes_otherwise(monkey
         lines.show({"g1": status("490@1000", "measuring", 0.5)})
     lines.show({"g1": status("525@1000", "warming up", 0.6)})
     assert len(plain.getvalue().splitlines()) == 2 and "\x1b" not in plain.getvalue()  # a line per change
+    refused = io.StringIO()
+    notes = Display(refused, ["g1", "g2"])
+    notes.note("g2", "runs firmware v2.6.0")
+    for _ in range(2):
+        notes.show({"g1": status("490@1000", "measuring", 0.5)})
+    assert refused.getvalue().count("g2: runs firmware v2.6.0") == 1  # a note is printed once, not again by show()
