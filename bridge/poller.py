@@ -15,6 +15,7 @@ import aiohttp
 
 from bridge.cancel import raise_if_cancelling
 from bridge.config import BridgeConfig
+from bridge.continuity import Continuity
 from bridge.errors import MinerError
 from bridge.live import Coalescer, LiveFeed, live_session
 from bridge.miner import MinerClient
@@ -53,6 +54,7 @@ class MinerState:
     coalescer: Coalescer | None = None  # its pushed readings on their way to the watchdog (and MQTT)
     push_errors: int = 0  # pushed updates in a row whose reading failed its checks
     poll_soon: asyncio.Event = field(default_factory=asyncio.Event)  # a push showed what only a poll can read
+    continuity: Continuity = field(default_factory=Continuity)  # restarts and firmware changes it believes
 
 
 class Poller:
@@ -206,10 +208,12 @@ class Poller:
 
     def _accept(self, state: MinerState, r: Reading, pushed: bool) -> None:
         prev = state.last
+        r, events = state.continuity.check(r)
         if prev is not None:
             r = self._flag_flatline(state, prev, r)
-            for event in changes(prev, r):
-                self.publish(event)
+            events += changes(prev, r)
+        for event in events:
+            self.publish(event)
         state.last = r
         if state.coalescer is None:
             self.publish(r)
@@ -235,14 +239,9 @@ class Poller:
 
 
 def changes(prev: Reading, r: Reading) -> list[Event]:
-    """Events implied by two consecutive readings of one miner (change points for the analyzer)."""
+    """Clock and overheat events implied by two consecutive readings of one miner (change points for the
+    analyzer); restarts and firmware changes come from `Continuity`, which does not believe every value."""
     out: list[Event] = []
-    if r.uptime is not None and prev.uptime is not None and r.uptime < prev.uptime:
-        out.append(Event(r.miner, r.time, "restart", f"restarted (uptime {prev.uptime:.0f} s -> {r.uptime:.0f} s)",
-                         {"uptime_before": prev.uptime, "uptime": r.uptime}))
-    if r.firmware != prev.firmware:
-        out.append(Event(r.miner, r.time, "firmware_change", f"firmware {prev.firmware} -> {r.firmware}",
-                         {"from": prev.firmware, "to": r.firmware}))
     if r.config_tag != prev.config_tag:
         out.append(Event(r.miner, r.time, "config_change", f"clock {prev.config_tag} -> {r.config_tag}",
                          {"from": prev.config_tag, "to": r.config_tag}))

@@ -10,9 +10,11 @@ nothing stored or published may lie outside its declared range.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,14 @@ async def test_damaged_documents_never_stop_the_bridge_nor_reach_a_store(
     assert len(states) > len(names) and all_outside(states, asic_of) == []
     published = [{**json.loads(v), "miner": t.split("/")[1]} for t, v in snapshot.items()]
     assert len(published) == len(names) and all_outside(published, asic_of) == []
+    # The fixture miners never restart nor change firmware: a damaged uptime or version makes neither an
+    # event nor a firmware tag of its own (bridge.continuity). Only a damaged first reading, with nothing
+    # to compare it with, can: its junk version is replaced, with an event, by the next two true ones.
+    served = {n: m.info["version"] for n, m in zip(names[len(specs):], fixtures, strict=True)}
+    with sqlite3.connect(tmp_path / "fuzz.db") as conn:
+        faked = conn.execute("SELECT miner, kind, data FROM events WHERE kind IN ('restart', 'firmware_change') "
+                             f"AND miner IN ({','.join('?' * len(served))})", list(served)).fetchall()
+    assert [(m, kind) for m, kind, data in faked if kind == "restart" or json.loads(data)["to"] != served[m]] == []
+    other = collections.Counter(r["miner"] for r in rows
+                                if r["miner"] in served and r["firmware"] != served[r["miner"]])
+    assert all(n <= 2 for n in other.values()), other
