@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from bridge.boards import BoardSpec
 from bridge.commands import CommandPayload, CommandRejected, Guard
 from bridge.config import parse_config
+from bridge.continuity import Continuity
 from bridge.firmware import parse_asic, parse_info, to_reading
 from bridge.reading import BoardInfo, ClockConfig, Reading
 from bridge.tune.plan import Limits, Plan
@@ -150,6 +151,8 @@ def run_tune(device: Device, plan: Plan, *, poll: float = 5.0, command_interval:
     run = TuneRun()
     last_command = -math.inf
     inside = tuner.monitor.clear(first)
+    continuity = Continuity()
+    continuity.check(first)
     while device.time - t0 < max_s:
         while pending:
             action = pending.pop(0)
@@ -174,7 +177,10 @@ def run_tune(device: Device, plan: Plan, *, poll: float = 5.0, command_interval:
             poller.miners[device.name].last = device.read()  # the guard's read-back
             pending += tuner.applied(action.config, True, "ok", "applied", device.time)
         device.advance(poll)
-        r = device.read()
+        r, events = continuity.check(device.read())  # restarts as the bridge's poller believes them
+        for event in events:
+            if event.kind == "restart":
+                pending += tuner.restarted(event.time)
         poller.miners[device.name].last = r
         run.readings += 1
         inside = inside or tuner.monitor.clear(r)

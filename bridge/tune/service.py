@@ -244,6 +244,8 @@ class TuneService(SinkBase):
                     actions = tuner.reading(item, self._t(item.time))
                 elif isinstance(item, str):
                     actions = tuner.stop(now, item)
+                elif item is not None and item.kind == "restart":
+                    actions = tuner.restarted(self._t(item.time))
                 else:
                     actions = []
                 actions += tuner.tick(now)

@@ -94,7 +94,6 @@ class Visit:
     rows: list[Row] = field(default_factory=list)
     input_voltage: list[float] = field(default_factory=list)
     restarts: int = 0
-    last_uptime: float | None = None
     last_eval: float = -math.inf
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +165,21 @@ class Tuner:
                              confirmed=True)
         return []
 
+    def restarted(self, t: float) -> list[Action]:
+        """The miner restarted (a `restart` event: confirmed by the reading after it, stamped with the first
+        reading after the restart, bridge.continuity). What the visit measured before is void; a second
+        restart at one config ends it as unstable."""
+        v = self.current
+        if self.phase is Phase.DONE or v is None or not v.confirmed or v.start is None:
+            return []
+        v.restarts += 1
+        v.rows = [row for row in v.rows if row[0] >= t]  # from the first reading after the restart on
+        v.start, v.steady = t, None
+        self.monitor.reset()
+        if v.restarts >= 2:
+            return self._end_candidate(t, Status.UNSTABLE, "the miner restarted twice at this config")
+        return []
+
     def reading(self, r: Reading, t: float) -> list[Action]:
         if self.phase is Phase.DONE:
             return []
@@ -196,14 +210,6 @@ class Tuner:
             self.monitor.reset(cooler=self._cooler(v.config))
             if v.kind != "step_back":
                 out.append(self._session_start(v))
-        if v.last_uptime is not None and r.uptime is not None and r.uptime < v.last_uptime:
-            v.restarts += 1
-            v.rows.clear()
-            v.start, v.steady = t, None
-            self.monitor.reset()
-            if v.restarts >= 2:
-                return out + self._end_candidate(t, Status.UNSTABLE, "the miner restarted twice at this config")
-        v.last_uptime = r.uptime
         if v.kind == "step_back":
             return out + self._stepping_back(t, r)
         breach = self.monitor.check(t, r)

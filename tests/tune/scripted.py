@@ -41,12 +41,16 @@ class Scripted:
         self.config = ClockConfig.parse(start)
         self.temp = self.spec(self.config).chip_temp
         self.rng = random.Random(seed)
+        self.damaged_uptime: float | None = None  # the next reading's uptime, once (a damaged value)
 
     def spec(self, c: ClockConfig) -> Spec:
         return self.table.get(c.tag, Spec())
 
     def apply(self, config: ClockConfig) -> None:
         self.config = config
+
+    def restart(self) -> None:
+        self.uptime = 0.0
 
     def advance(self, seconds: float) -> None:
         target = self.spec(self.config).chip_temp
@@ -56,6 +60,7 @@ class Scripted:
 
     def read(self) -> Reading:
         c, s, g = self.config, self.spec(self.config), self.rng.gauss
+        damaged, self.damaged_uptime = self.damaged_uptime, None
         expected = self.board.expected_hashrate(c.frequency)
         ratio = s.hashrate_ratio if s.hashrate_ratio is not None else 1 - s.error_pct / 100
         power = formula_power(c) * s.power_factor * (1 + 0.6 * (self.temp - s.chip_temp) / 100)
@@ -64,4 +69,4 @@ class Scripted:
             core_voltage=c.core_voltage, actual_frequency=c.frequency, expected_hashrate=expected,
             hashrate=expected * ratio * (1 + g(0, 0.01)), power=power * (1 + g(0, 0.002)),
             error_pct=max(0.0, s.error_pct * (1 + g(0, 0.03))), asic_temp=self.temp + g(0, 0.1),
-            vr_temp=self.temp - 5, uptime=self.uptime)
+            vr_temp=self.temp - 5, uptime=self.uptime if damaged is None else damaged)

@@ -141,6 +141,25 @@ def test_a_lost_miner_ends_the_tune_and_its_restore_waits_until_it_answers() -> 
     assert isinstance(done[-1], Done) and done[-1].summary.state == "lost"
 
 
+def test_a_config_that_restarts_the_miner_twice_is_unstable_and_a_damaged_uptime_is_no_restart() -> None:
+    at: dict[str, int] = {}
+
+    def hook(tuner: Tuner, t: float, reading: Reading) -> list[Action]:
+        at[reading.config_tag] = n = at.get(reading.config_tag, 0) + 1
+        if reading.config_tag == "400@1000" and n in (10, 30):
+            device.restart()  # a brown-out at this clock, twice
+        if reading.config_tag == "525@1150" and n in (10, 30):
+            device.damaged_uptime = 0.0  # looks like a restart, but the next reading goes on from before
+        return []
+
+    device = Scripted(BASE)
+    r = run_tune(device, Plan(), hook=hook)
+    assert r.summary is not None and r.summary.state == "done"
+    unstable = entry(r, "400@1000")  # the efficiency winner without the brown-outs
+    assert unstable.status == "unstable" and "restarted twice" in unstable.reason
+    assert entry(r, "525@1150").status == "stable" and r.summary.winner != "400@1000"
+
+
 def test_a_config_the_guard_refuses_is_skipped() -> None:
     device = Scripted(BASE)
     tuner = Tuner(miner="scripted", board=device.board, start=C("525@1150"), plan=Plan(), now=device.time)
