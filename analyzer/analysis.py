@@ -74,6 +74,18 @@ class Analysis:
     miners: dict[str, MinerAnalysis]
     fetch: str
 
+    def range_text(self) -> str:
+        """The analysed range as asked for; an open end shows where the history read ends."""
+        ends = [(s.start, s.end) for m in self.miners.values() for s in m.segments]
+        lo = self.since if self.since is not None else min((a for a, _ in ends), default=None)
+        hi = self.until if self.until is not None else max((b for _, b in ends), default=None)
+        note = ""
+        if self.since is None and self.until is None:
+            note = " (all stored history)"
+        elif self.since is None or self.until is None:
+            note = f" ({'from the first' if self.since is None else 'to the last'} reading)"
+        return f"{fmt_time(lo)} … {fmt_time(hi)}{note}"
+
 
 def analyze(store: Store, miners: list[str], *, since: float | None, until: float | None, width: float,
             policy: WarmupPolicy, gates: Gates, fetch: str = "db", cache: Path | None = None,

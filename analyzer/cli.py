@@ -264,7 +264,7 @@ def _header(a: Analysis) -> str:
     w = a.policy
     warm = f"fixed {w.fixed_s:g} s" if w.fixed_s is not None else (
         f"auto (≥{w.min_s:g} s, ≤{w.max_s:g} s, until |dT/dt| < {w.slope_c_per_min:g} °C/min)")
-    return (f"source {a.store}, {fmt_time(a.since)} … {fmt_time(a.until)}, bins {a.width:g} s ({a.fetch}), "
+    return (f"source {a.store}, {a.range_text()}, bins {a.width:g} s ({a.fetch}), "
             f"warm-up {warm}\nvalues are means over steady time ±95 % interval (batch means, autocorrelation-"
             f"aware); J/TH = total energy / total hashes")
 

@@ -157,7 +157,7 @@ def write_report(a: Analysis, store: Store, out_dir: Path, fmt: str, tolerance: 
         images[name] = imgs
     tables = _tables(a, tolerance)
     files = [out_dir / f for imgs in images.values() for f, _ in imgs]
-    intro = (f"Source {a.store}; {fmt_time(a.since)} … {fmt_time(a.until)}; {a.width:g}-s bins. Values are "
+    intro = (f"Source {a.store}; {a.range_text()}; {a.width:g}-s bins. Values are "
              f"means over steady time with 95 % intervals from batch means longer than the measured "
              f"autocorrelation time (5-s readings are not independent). J/TH is total energy over total "
              f"hashes. Warm-up after every change point is excluded. 'Best balance' = highest hashrate among "

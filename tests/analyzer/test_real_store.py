@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from analyzer.analysis import fmt_time
 from analyzer.cli import main
 from analyzer.synthetic import simulated_history
 from bridge.config import InfluxConfig
@@ -59,6 +60,15 @@ def test_rank_on_the_bridge_sqlite_store(tmp_path: Path, history) -> None:
     store.write(readings, events)
     store.close()
     check_ranking(f"sqlite:{path}", model)
+    # the text's header says which stretch of time was read, also when no --since/--until was given
+    text = CliRunner().invoke(main, ["rank", "--source", f"sqlite:{path}"], catch_exceptions=False).output
+    header = text.splitlines()[0]
+    span = header.split(", ")[1]
+    assert "—" not in span and span.endswith("(all stored history)"), header
+    lo, hi = span.removesuffix(" (all stored history)").split(" … ")
+    # the bins' edges: at most one 30-s bin outside the readings
+    assert fmt_time(readings[0].time - 30) <= lo <= fmt_time(readings[0].time) <= fmt_time(readings[-1].time) <= hi
+    assert hi <= fmt_time(readings[-1].time + 30)
 
 
 async def test_rank_on_what_the_influx_sink_wrote(influxdb1: InfluxDB1, tmp_path: Path, history) -> None:
