@@ -87,7 +87,9 @@ def plot_bins(a: Analysis, store: Store, miner: str) -> tuple[Bins, np.ndarray]:
 def plot_timeseries(miner: str, b: Bins, steady: np.ndarray, path: Path) -> None:
     colors = _colors(sorted({str(c) for c in b.config}))
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5), dpi=100, sharex=True)
-    t = (b.start - b.start[0]) / 3600.0 if len(b) else b.start
+    span = float(b.start[-1] - b.start[0]) if len(b) else 0.0
+    unit, scale = ("minutes", 60.0) if span < 2 * 3600 else ("hours", 3600.0) if span < 3 * 86400 else ("days", 86400.0)
+    t = (b.start - b.start[0]) / scale if len(b) else b.start
     for cfg, col in colors.items():
         sel = (b.config == cfg) & steady
         ax1.plot(t[sel], b.mean["hashrate"][sel], ".", ms=2, color=col, label=cfg)
@@ -96,7 +98,7 @@ def plot_timeseries(miner: str, b: Bins, steady: np.ndarray, path: Path) -> None
     ax2.plot(t[~steady], b.mean["asic_temp"][~steady], ".", ms=2, color="0.7")
     ax1.set_ylabel("hashrate (GH/s)")
     ax2.set_ylabel("chip (°C)")
-    ax2.set_xlabel(f"hours since {fmt_time(float(b.start[0])) if len(b) else ''}")
+    ax2.set_xlabel(f"{unit} since {fmt_time(float(b.start[0])) if len(b) else ''}")
     ax1.legend(loc="best", fontsize=7, markerscale=4, ncol=2)
     ax1.set_title(f"{miner}: {b.width:g}-s bins coloured by clock config")
     fig.tight_layout()
