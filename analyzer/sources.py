@@ -19,6 +19,8 @@ import numpy.typing as npt
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
 from analyzer.data import CHANGE_KINDS, Bins, EventRow, FloatArray, Samples, bin_samples, empty_bins, samples_from_rows
+from bridge.store.influxql import quote_ident as _q
+from bridge.store.influxql import quote_string as _s
 from bridge.store.rollup import AVERAGED, ROLLUP_S
 from bridge.store.rollup import COLUMN_NAMES as ROLLUP_COLUMNS
 from bridge.store.sqlite import open_readonly
@@ -353,14 +355,6 @@ def _json_obj(text: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- InfluxDB
-def _q(ident: str) -> str:
-    return '"' + ident.replace('"', '\\"') + '"'
-
-
-def _s(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @dataclass(frozen=True, slots=True)
 class Series:
     statement: int  # which statement of a multi-statement query it answers

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import gzip
+import json
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 
@@ -37,6 +38,7 @@ from bridge.cancel import raise_if_cancelling
 from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
+from bridge.store.influx_repair import InfluxRollupRepair
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup
 from bridge.store.spool import Batch, Cursor, Spool
@@ -46,6 +48,10 @@ log = logging.getLogger("bitaxe.store.influx")
 FailureKind = Literal["transient", "config", "reject"]
 MAX_BACKOFF = 60.0
 LOUD_EVERY = 60.0  # s between repeated warnings while the store stays down
+# Rollup repair: a day of history (or 48 miner-hours) per step every few seconds while some is left,
+# then every 10 min.
+REPAIR_STEP = 2.0
+REPAIR_IDLE = 600.0
 # The last flush at shutdown is a courtesy: the spool keeps what it cannot send. Bounded well below
 # Docker's 10 s stop grace period, so a server that hangs does not get the bridge SIGKILLed.
 FINAL_FLUSH_TIMEOUT = 3.0
@@ -206,6 +212,20 @@ class V1Writer(HttpWriter):
             params["rp"] = cfg.retention_policy
         super().__init__(cfg, params, basic_auth(cfg))
 
+    async def query(self, q: str) -> list[dict[str, Any]]:
+        """The results of InfluxQL statements (times in ms); WriteError when refused or one failed."""
+        status, text = await self._post("/query", {"db": self.cfg.database or "", "q": q, "epoch": "ms"}, None)
+        if status >= 300:
+            raise WriteError(classify(status), status, text[:500], self.target)
+        try:
+            results: list[dict[str, Any]] = json.loads(text).get("results", [])
+        except (ValueError, AttributeError):
+            raise WriteError("transient", status, f"not an InfluxDB answer: {text[:200]}", self.target) from None
+        errors = [r["error"] for r in results if "error" in r]
+        if errors:
+            raise WriteError("config", status, f"{errors[0]} (in: {q[:200]})", self.target)
+        return results
+
     async def create_database(self) -> None:
         db = (self.cfg.database or "").replace('"', '\\"')
         status, text = await self._post("/query", {"q": f'CREATE DATABASE "{db}"'}, None)
@@ -252,6 +272,10 @@ class InfluxSink:
         self._down_since: float | None = None
         self._opened = False
         self._oldest: tuple[Cursor, float | None] | None = None  # (ack cursor, its point's time)
+        # Rollup parts of hours that do not count every reading rebuilt from them: InfluxDB 1.x only (DELETE)
+        self.repair = (InfluxRollupRepair(cfg, self.writer, self.encoder)
+                       if cfg.rollup_measurement and isinstance(self.writer, V1Writer) else None)
+        self._next_repair = 0.0
 
     # -- Sink protocol ----------------------------------------------------------------------
 
@@ -306,6 +330,26 @@ class InfluxSink:
                 # Never let the flusher die: that would stop every later write. The points stay spooled.
                 log.exception("%s: flush failed unexpectedly; points stay in the spool", self.writer.target)
                 delay = MAX_BACKOFF
+            await self._maybe_repair()
+
+    async def _maybe_repair(self) -> None:
+        now = time.time()
+        # Only with nothing spooled: points of an hour still on their way would make its count wrong.
+        if self.repair is None or now < self._next_repair or self.spool.pending or self._failures:
+            return
+        try:
+            n, more = await self.repair.step(now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the analyzer reads such hours from the readings meanwhile
+            log.warning("%s: checking the rollups failed (%s); next try in %.0f min", self.writer.target,
+                        _describe(exc), REPAIR_IDLE / 60)
+            self._next_repair = now + REPAIR_IDLE
+            return
+        if n:
+            log.info("%s: rebuilt the rollups of %d miner-hour(s) from their readings (history from before "
+                     "rollups, or a part lost when the bridge was killed)", self.writer.target, n)
+        self._next_repair = now + (REPAIR_STEP if more else REPAIR_IDLE)
 
     async def aclose(self) -> None:
         if self.rollup is not None:

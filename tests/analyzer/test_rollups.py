@@ -171,23 +171,30 @@ async def test_pruning_keeps_rollups_and_readings_in_step(tmp_path: Path, readin
     store.close()
 
 
+async def crashed_influx_sink(server: InfluxDB1, cfg: InfluxConfig, readings: list[Reading], skip: int) -> tuple[
+        InfluxStore, float, tuple[float, float], tuple[float, float]]:
+    """The sink writes readings[skip:] with a crash in the middle (an open part lost); returns the store,
+    the crash's hour, the stored span and the whole 30-s bins in it."""
+    before, after, crash_hour = damaged(readings)
+    sink = InfluxSink(cfg)
+    await sink.start()
+    for r in before[skip:]:
+        await sink.handle(r)
+    sink.rollup.open.clear()  # type: ignore[union-attr]  # killed with a part open
+    await sink.aclose()
+    await feed(InfluxSink(cfg), after)
+    store = InfluxStore(server.url, cfg.database or "")
+    first, last = store.span(MINER)  # type: ignore[misc]
+    return store, crash_hour, (first, last), (math.ceil(first / 30) * 30, math.floor((last + 1) / 30) * 30)
+
+
 async def test_influx_bins_from_rollups_equal_bins_from_points(influxdb1: InfluxDB1, tmp_path: Path,
                                                                readings: list[Reading]) -> None:
     db = f"rollup_{uuid.uuid4().hex[:8]}"
     influxdb1.query(f'CREATE DATABASE "{db}"')
     cfg = InfluxConfig.model_validate({"url": influxdb1.url, "api": "v1", "database": db,
                                        "spool_dir": str(tmp_path / "spool"), "batch_size": 5000})
-    before, after, crash_hour = damaged(readings)
-    sink = InfluxSink(cfg)
-    await sink.start()
-    for r in before:
-        await sink.handle(r)
-    sink.rollup.open.clear()  # killed with a part open
-    await sink.aclose()
-    await feed(InfluxSink(cfg), after)
-    store = InfluxStore(influxdb1.url, db)
-    first, last = store.span(MINER)  # type: ignore[misc]
-    a, b = math.ceil(first / 30) * 30, math.floor((last + 1) / 30) * 30
+    store, crash_hour, (first, last), (a, b) = await crashed_influx_sink(influxdb1, cfg, readings, 0)
     _, bad = store._rolled(MINER, a, b, 30.0, True)
     assert bad == {crash_hour}
     for width in WIDTHS:
@@ -261,3 +268,41 @@ async def test_a_running_sqlite_sink_rolls_up_history_from_before_rollups(tmp_pa
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await sink.aclose()
+
+
+async def test_a_running_influx_sink_rebuilds_the_rollups_of_older_and_crashed_hours(
+        influxdb1: InfluxDB1, tmp_path: Path, readings: list[Reading]) -> None:
+    import asyncio
+
+    db = f"repair_{uuid.uuid4().hex[:8]}"
+    influxdb1.query(f'CREATE DATABASE "{db}"')
+    base = {"url": influxdb1.url, "api": "v1", "database": db, "spool_dir": str(tmp_path / "spool"),
+            "batch_size": 5000, "flush_interval": 0.05}
+    cfg = InfluxConfig.model_validate(base)
+    # an older bridge wrote the first 1,200 readings without rollups; then one was killed with a part open
+    await feed(InfluxSink(InfluxConfig.model_validate({**base, "rollup_measurement": None})), readings[:1200])
+    store, crash_hour, (first, last), (a, b) = await crashed_influx_sink(influxdb1, cfg, readings, 1200)
+    _, bad = store._rolled(MINER, a, b, 30.0, True)
+    assert crash_hour in bad and math.floor(first / 3600) * 3600 in bad
+
+    sink = InfluxSink(cfg)  # the bridge runs again: its sink checks the closed hours after its watermark
+    assert sink.repair is not None
+    sink.repair.MAX_REBUILDS = 1  # one miner-hour per step: the same day is checked again until done
+    await sink.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        async with asyncio.timeout(30):
+            while store._rolled(MINER, a, b, 30.0, True)[1]:
+                await asyncio.sleep(0.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sink.aclose()
+    assert (tmp_path / "spool" / "rollups-checked-until").read_text() != ""
+    for width in WIDTHS:
+        for since, until in ranges(first, last):
+            assert_same_bins(store.bins(MINER, since, until, width), store._raw_bins(MINER, since, until, width, True))
+    # the parts now count every stored reading, once
+    parts = influxdb1.query('SELECT SUM(readings) FROM "bitaxe_rollup"', db=db)["results"][0]["series"][0]
+    stored = influxdb1.query('SELECT COUNT("implausible") FROM "bitaxe"', db=db)["results"][0]["series"][0]
+    assert parts["values"][0][1] == stored["values"][0][1] == len(readings)
