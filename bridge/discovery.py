@@ -41,6 +41,15 @@ class Topics:
     def bridge_state(self) -> str:
         return f"{self._bridge}/state"
 
+    def inventory(self, miner: str) -> str:
+        """The Home Assistant discovery topics this bridge published for a miner (retained JSON list): read
+        back at the next start to remove the entities of miners no longer configured."""
+        return f"{self._bridge}/discovery/{miner}"
+
+    @property
+    def inventory_wildcard(self) -> str:
+        return f"{self._bridge}/discovery/+"
+
     @property
     def _bridge(self) -> str:
         return f"{self.prefix}/bridge" + (f"/{self.instance}" if self.instance else "")

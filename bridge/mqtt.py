@@ -121,6 +121,15 @@ async def check_mqtt(m: MqttConfig) -> str:
     return f"connected to {where}" + (" (TLS)" if m.tls else "") + (f" as {m.username}" if m.username else "")
 
 
+def _topic_list(body: bytes) -> list[str]:
+    """A miner's retained discovery list; empty when it is damaged (then it is not trusted)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    return [str(x) for x in doc] if isinstance(doc, list) else []
+
+
 def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
@@ -361,33 +370,47 @@ class MqttBridge:
         if not self.mqtt.discovery:
             return
         configs = miner_discovery(ident, self.topics)
-        stale = self.discovered.get(ident.name, set()) - configs.keys()
+        before = self.discovered.get(ident.name, set())
+        stale = before - configs.keys()
+        inventory = self.topics.inventory(ident.name)
+        if not configs.keys() <= before:  # written ahead: a kill -9 must not leave an entity nobody lists
+            await client.publish(inventory, _dumps(sorted(before | configs.keys())), qos=1, retain=True)
         # Stale topics: an entity this firmware no longer has, or a miner id that changed (MAC appeared).
         await self._clear(client, stale)
         await self._publish_all(client, configs)
+        if stale:
+            await client.publish(inventory, _dumps(sorted(configs)), qos=1, retain=True)
         self.discovered[ident.name] = set(configs)
         self.identity[ident.name] = ident
         log.info("mqtt: discovery for %s (%s, %d entities)", ident.name, ident.miner_id, len(configs))
 
     async def _sync_discovery(self, client: aiomqtt.Client) -> None:
-        """Read back this bridge's retained discovery topics; remove those of miners no longer configured.
+        """Read back what Home Assistant discovery this bridge published; remove that of miners no longer
+        configured.
 
-        The broker is the memory: removal works across restarts without a state file. A marker message
-        published after subscribing arrives after every retained message of that subscription.
+        The broker is the memory: removal works across restarts without a state file. The bridge lists its
+        own topics per miner (`<prefix>/bridge[/<instance>]/discovery/<miner>`, retained). Only when there is
+        no list at all (a bridge from before them, or a new broker) is every retained discovery message read,
+        whatever integration wrote it; on a broker with thousands the broker may drop some on the way.
         """
         t = self.topics
         found: dict[str, str] = {}
-        me = bridge_id(t).encode()
-        raw, complete = await read_retained(client, [t.discovery_wildcard, t.owner_wildcard], t.prefix, SYNC_TIMEOUT)
+        raw, complete = await read_retained(client, [t.inventory_wildcard, t.owner_wildcard], t.prefix, SYNC_TIMEOUT)
+        lists = {m: topics for m in self._inventory_miners(raw) if (topics := _topic_list(raw[t.inventory(m)]))}
+        if lists:
+            found = {topic: miner for miner, topics in lists.items() for topic in topics}
+        else:
+            me = bridge_id(t).encode()
+            wide, complete = await read_retained(client, [t.discovery_wildcard], t.prefix, SYNC_TIMEOUT)
+            for topic, body in wide.items():
+                if me in body:
+                    with contextlib.suppress(ValueError):
+                        owner = owner_of(json.loads(body), t)
+                        if owner is not None:
+                            found[topic] = owner
         if not complete:
             log.warning("mqtt: reading back retained discovery did not finish (%.0f s without a message, or %.0f s "
                         "in all); removal of deleted miners may be incomplete", SYNC_TIMEOUT, READ_LIMIT)
-        for topic, body in raw.items():
-            if me in body:
-                with contextlib.suppress(ValueError):
-                    owner = owner_of(json.loads(body), t)
-                    if owner is not None:
-                        found[topic] = owner
         # Without `instance`, instances on one broker share a bridge id: keep what another one bridges.
         configured = set(self.miners) | foreign(raw, self.cfg, t)
         gone = {miner for miner in found.values() if miner not in configured}
@@ -399,10 +422,18 @@ class MqttBridge:
             await self._clear(client, [topic for topic, miner in found.items() if miner in gone])
             for miner in gone:
                 await self._clear(client, [t.availability(miner), t.state(miner), t.result(miner),
-                                           t.capabilities(miner)])
+                                           t.capabilities(miner), t.inventory(miner)])
             log.info("mqtt: removed Home Assistant entities of miners no longer configured: %s",
                      ", ".join(sorted(gone)))
         self.removed = gone
+        if not lists:  # the first list per miner, from what the wide read found
+            for miner in set(self.miners) & set(found.values()):
+                await client.publish(t.inventory(miner), _dumps(sorted(self.discovered[miner])), qos=1,
+                                     retain=True)
+
+    def _inventory_miners(self, raw: dict[str, bytes]) -> list[str]:
+        head = self.topics.inventory_wildcard[:-1]
+        return [topic[len(head):] for topic in raw if topic.startswith(head) and "/" not in topic[len(head):]]
 
     # ---- incoming ---------------------------------------------------------------------------------
     def _dispatch(self, message: aiomqtt.Message) -> None:

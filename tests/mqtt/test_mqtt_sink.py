@@ -125,6 +125,42 @@ async def test_entities_of_a_removed_miner_are_deleted_across_restarts(mosquitto
         assert discovery_of(a) <= set(snap)
 
 
+async def test_removal_reads_the_bridges_own_discovery_lists_not_every_integrations(
+        mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bridge.mqtt as mqtt_mod
+
+    reads: list[list[str]] = []
+    real = mqtt_mod.read_retained
+
+    async def recorded(client: Any, filters: list[str], *args: Any, **kw: Any) -> Any:
+        reads.append(list(filters))
+        return await real(client, filters, *args, **kw)
+
+    monkeypatch.setattr(mqtt_mod, "read_retained", recorded)
+    a, b = reading("garage-1"), reading("shed-2")
+    # An older bridge's discovery: published, but no list of it (and another integration's beside it)
+    async with running(MqttBridge(config(mosquitto.port))) as bridge:
+        await bridge.handle(a)
+        await bridge.handle(b)
+        await wait_retained(mosquitto.port, lambda s: (discovery_of(a) | discovery_of(b)) <= set(s))
+    async with Watcher(mosquitto.port) as w:
+        for m in ("garage-1", "shed-2"):
+            await w.publish(TOPICS.inventory(m), b"", retain=True)
+        await w.publish("homeassistant/sensor/zigbee_lamp/power/config", '{"name": "lamp"}', retain=True)
+    reads.clear()
+    async with running(MqttBridge(config(mosquitto.port))) as bridge:
+        assert TOPICS.discovery_wildcard in [f for r in reads for f in r]  # no lists: every discovery read
+        snap = await wait_retained(mosquitto.port, lambda s: TOPICS.inventory("shed-2") in s)
+        assert set(json.loads(snap[TOPICS.inventory("shed-2")])) == discovery_of(b)  # the list, from that read
+    reads.clear()
+    async with running(MqttBridge(config(mosquitto.port, miners=("garage-1",)))) as bridge:
+        assert bridge.removed == {"shed-2"}
+        assert TOPICS.discovery_wildcard not in [f for r in reads for f in r]  # only the bridge's own lists
+        snap = await retained(mosquitto.port)
+        assert not discovery_of(b) & set(snap) and TOPICS.inventory("shed-2") not in snap
+        assert discovery_of(a) <= set(snap) and "homeassistant/sensor/zigbee_lamp/power/config" in snap
+
+
 async def test_stale_entities_are_removed_when_a_miner_changes(mosquitto: Mosquitto) -> None:
     new = reading("garage-1")
     old = reading("garage-1", firmware="v2.9.0", miner_id="bitaxe_garage_1")
