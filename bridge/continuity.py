@@ -34,8 +34,6 @@ class _Restart:
     firmware_before: str
 
 
-def _goes_on(t0: float, u0: float, t: float, u: float) -> bool:
-    return 0.0 <= u - u0 <= max(0.0, t - t0) + UPTIME_SLACK_S
 
 
 @dataclass
@@ -47,6 +45,14 @@ class Continuity:
     firmware: str | None = None
     firmware_suspect: str | None = None
     restart: _Restart | None = None
+    scale: float = 1.0  # uptime seconds per second of reading time (1 but for a time-scaled simulator)
+
+    def _since(self, t0: float, t: float) -> float:
+        """The most uptime a miner can gain from reading time t0 to t."""
+        return max(0.0, t - t0) * self.scale + UPTIME_SLACK_S
+
+    def _goes_on(self, t0: float, u0: float, t: float, u: float) -> bool:
+        return 0.0 <= u - u0 <= self._since(t0, t)
 
     def check(self, r: Reading) -> tuple[Reading, list[Event]]:
         """The reading with an unbelievable uptime or firmware left out, and the restarts and firmware
@@ -55,7 +61,7 @@ class Continuity:
         problems: list[Implausible] = []
         u, firmware = r.uptime, r.firmware
         pending, self.restart = self.restart, None
-        if pending is not None and u is not None and _goes_on(pending.time, pending.uptime, r.time, u):
+        if pending is not None and u is not None and self._goes_on(pending.time, pending.uptime, r.time, u):
             events.append(Event(r.miner, pending.time, "restart",
                                 f"restarted (uptime {pending.uptime_before:.0f} s -> {pending.uptime:.0f} s)",
                                 {"uptime_before": pending.uptime_before, "uptime": pending.uptime}))
@@ -73,7 +79,7 @@ class Continuity:
                 t0, u0 = self.uptime
                 self.uptime_suspect = (r.time, u)
                 problems.append(Implausible(field="uptime", value=f"{shown(u)} s", expected=(
-                    f"≥ {u0:.0f} s (it only grows), or ≤ {max(0.0, r.time - t0) + UPTIME_SLACK_S:.0f} s "
+                    f"≥ {u0:.0f} s (it only grows), or ≤ {self._since(t0, r.time):.0f} s "
                     "after a restart")))
             elif verdict == "restart?":
                 assert self.uptime is not None and self.firmware is not None
@@ -103,9 +109,9 @@ class Continuity:
         t0, u0 = self.uptime
         if u >= u0:
             return "on"
-        if u <= max(0.0, t - t0) + UPTIME_SLACK_S:
+        if u <= self._since(t0, t):
             return "restart?"
         s = self.uptime_suspect
-        if s is not None and _goes_on(s[0], s[1], t, u):
+        if s is not None and self._goes_on(s[0], s[1], t, u):
             return "confirmed"  # it goes on from the value left out: that one was right
         return "damaged"

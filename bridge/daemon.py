@@ -40,7 +40,7 @@ class Bridge:
         self.fanout = Fanout()
         # Pushed readings reach the watchdog, and MQTT when a setting or status changed; storage keeps the poll
         # cadence (docs/firmware.md).
-        self.poller = Poller(cfg, session, self.fanout.publish, self.fanout.publish_live)
+        self.poller = Poller(cfg, session, self.fanout.publish, self.fanout.publish_live, time_scale=time_scale)
         reading_log = logging.getLogger("bitaxe.readings")
         if not log_readings:
             reading_log.setLevel(logging.WARNING)

@@ -61,8 +61,10 @@ class Poller:
     """One task per miner inside a TaskGroup: a slow or dead miner never delays the others."""
 
     def __init__(self, cfg: BridgeConfig, session: aiohttp.ClientSession, publish: Publish,
-                 publish_live: Callable[[Reading, bool], None] | None = None) -> None:
-        """publish_live takes the readings built from live pushes, with whether a setting or status changed: the
+                 publish_live: Callable[[Reading, bool], None] | None = None, time_scale: float = 1.0) -> None:
+        """time_scale: uptime seconds per wall second (a time-scaled simulator; bridge.continuity).
+
+        publish_live takes the readings built from live pushes, with whether a setting or status changed: the
         daemon sends them to the watchdog, and to MQTT when changed, never to storage, which keeps the poll cadence
         (docs/firmware.md). Without it nothing subscribes (polls only)."""
         self.cfg = cfg
@@ -73,7 +75,8 @@ class Poller:
         self.backoff_base = cfg.http.backoff_base
         self.flatline_after = FLATLINE_AFTER
         self.miners: dict[str, MinerState] = {
-            m.name: MinerState(MinerClient(m, session, cfg.http)) for m in cfg.miners
+            m.name: MinerState(MinerClient(m, session, cfg.http), continuity=Continuity(scale=time_scale))
+            for m in cfg.miners
         }
         if publish_live is not None:
             for state in self.miners.values():

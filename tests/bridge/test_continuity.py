@@ -110,3 +110,13 @@ async def test_the_poller_publishes_no_restart_for_a_damaged_uptime() -> None:
     assert kinds == ["restart"]
     assert [r.uptime for r in readings] == [1000, 1005, None, 1010, 1015, 2, 7]
     assert [r.implausible for r in readings] == [False, False, True, False, False, False, False]
+
+
+def test_a_time_scaled_simulator_restarts_like_a_miner() -> None:
+    # 10 simulated seconds per second: 60 s after the restart is 6 s of reading time, 15 s later 150 s more
+    c = Continuity(scale=10.0)
+    events = [e for r in (reading(0, uptime=5000, step=6.0), reading(1, uptime=5060, step=6.0),
+                          reading(2, uptime=60, step=6.0), reading(3, uptime=120, step=6.0)) for e in c.check(r)[1]]
+    assert [e.kind for e in events] == ["restart"]
+    out, events = run(polls([5000, 5060, 60, 120], step=6.0))  # the same at scale 1: 60 s in 6 s is damage
+    assert events == [] and out[2].implausible
