@@ -25,15 +25,12 @@ UPTIME_SLACK_S = 30.0  # a restart's uptime may exceed the time since the last r
 
 @dataclass(frozen=True)
 class _Restart:
-    """A reading that may be the first after a restart, waiting for the next one to go on from it."""
+    """A reading that may be the first after a restart, waiting for the next one to go on from it (what the
+    miner ran before it is still `Continuity.uptime` and `.firmware` until then)."""
 
     time: float
     uptime: float
-    uptime_before: float
     firmware: str
-    firmware_before: str
-
-
 
 
 @dataclass
@@ -62,13 +59,15 @@ class Continuity:
         u, firmware = r.uptime, r.firmware
         pending, self.restart = self.restart, None
         if pending is not None and u is not None and self._goes_on(pending.time, pending.uptime, r.time, u):
+            assert self.uptime is not None and self.firmware is not None
+            before, fw_before = self.uptime[1], self.firmware
             events.append(Event(r.miner, pending.time, "restart",
-                                f"restarted (uptime {pending.uptime_before:.0f} s -> {pending.uptime:.0f} s)",
-                                {"uptime_before": pending.uptime_before, "uptime": pending.uptime}))
-            if pending.firmware != pending.firmware_before:
+                                f"restarted (uptime {before:.0f} s -> {pending.uptime:.0f} s)",
+                                {"uptime_before": before, "uptime": pending.uptime}))
+            if pending.firmware != fw_before:
                 events.append(Event(r.miner, pending.time, "firmware_change",
-                                    f"firmware {pending.firmware_before} -> {pending.firmware}",
-                                    {"from": pending.firmware_before, "to": pending.firmware}))
+                                    f"firmware {fw_before} -> {pending.firmware}",
+                                    {"from": fw_before, "to": pending.firmware}))
             self.firmware, self.firmware_suspect = pending.firmware, None
             self.uptime, self.uptime_suspect = (pending.time, pending.uptime), None
         restarting = False
@@ -84,7 +83,7 @@ class Continuity:
             elif verdict == "restart?":
                 assert self.uptime is not None and self.firmware is not None
                 restarting = True
-                self.restart = _Restart(r.time, u, self.uptime[1], firmware, self.firmware)
+                self.restart = _Restart(r.time, u, firmware)
             else:
                 self.uptime, self.uptime_suspect = (r.time, u), None
         if self.firmware is not None and firmware != self.firmware and not restarting:

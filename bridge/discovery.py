@@ -50,6 +50,11 @@ class Topics:
     def inventory_wildcard(self) -> str:
         return f"{self._bridge}/discovery/+"
 
+    def parse_inventory(self, topic: str) -> str | None:
+        head = f"{self._bridge}/discovery/"
+        miner = topic[len(head):] if topic.startswith(head) else ""
+        return miner if miner and "/" not in miner else None
+
     @property
     def _bridge(self) -> str:
         return f"{self.prefix}/bridge" + (f"/{self.instance}" if self.instance else "")

@@ -396,7 +396,8 @@ class MqttBridge:
         t = self.topics
         found: dict[str, str] = {}
         raw, complete = await read_retained(client, [t.inventory_wildcard, t.owner_wildcard], t.prefix, SYNC_TIMEOUT)
-        lists = {m: topics for m in self._inventory_miners(raw) if (topics := _topic_list(raw[t.inventory(m)]))}
+        lists = {m: topics for topic, body in raw.items()
+                 if (m := t.parse_inventory(topic)) is not None and (topics := _topic_list(body))}
         if lists:
             found = {topic: miner for miner, topics in lists.items() for topic in topics}
         else:
@@ -430,10 +431,6 @@ class MqttBridge:
             for miner in set(self.miners) & set(found.values()):
                 await client.publish(t.inventory(miner), _dumps(sorted(self.discovered[miner])), qos=1,
                                      retain=True)
-
-    def _inventory_miners(self, raw: dict[str, bytes]) -> list[str]:
-        head = self.topics.inventory_wildcard[:-1]
-        return [topic[len(head):] for topic in raw if topic.startswith(head) and "/" not in topic[len(head):]]
 
     # ---- incoming ---------------------------------------------------------------------------------
     def _dispatch(self, message: aiomqtt.Message) -> None:

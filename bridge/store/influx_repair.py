@@ -53,7 +53,6 @@ class InfluxRollupRepair:
         rp = f"{_q(cfg.retention_policy)}." if cfg.retention_policy else ""
         self.readings = rp + _q(cfg.measurement)
         self.rollups = rp + _q(cfg.rollup_measurement or "")
-        self._query = server.query
 
     def _watermark(self) -> float | None:
         try:
@@ -65,7 +64,7 @@ class InfluxRollupRepair:
         """Check the next day of closed hours; returns (miner-hours rebuilt, whether more are left)."""
         start = self._watermark()
         if start is None:
-            first = await self._query(f"SELECT FIRST(hashrate) FROM {self.readings}")
+            first = await self.server.query(f"SELECT FIRST(hashrate) FROM {self.readings}")
             series = first[0].get("series") if first else None
             if not series:
                 return 0, False
@@ -76,7 +75,7 @@ class InfluxRollupRepair:
         if end <= start:
             return 0, False
         where = _span(start, end)
-        counts = await self._query(
+        counts = await self.server.query(
             f"SELECT COUNT({_q(IMPLAUSIBLE)}), COUNT(hashrate) FROM {self.readings} WHERE {where} "
             f"GROUP BY time(1h), miner fill(none); "
             f"SELECT SUM(readings) FROM {self.rollups} WHERE {where} GROUP BY time(1h), miner fill(none)")
@@ -93,8 +92,7 @@ class InfluxRollupRepair:
                         parts[key] = int(v[1] or 0)
         # An hour whose readings lack the flag (another tool wrote them) cannot be vouched for by parts.
         bad = sorted(k for k in stored.keys() | parts.keys()
-                     if stored.get(k, (0, 0))[0] >= stored.get(k, (0, 0))[1]
-                     and stored.get(k, (0, 0))[0] != parts.get(k, 0))
+                     if (flags := stored.get(k, (0, 0)))[0] >= flags[1] and flags[0] != parts.get(k, 0))
         for miner, hour in bad[:self.MAX_REBUILDS]:
             await self._rebuild(miner, hour)
         if len(bad) > self.MAX_REBUILDS:
@@ -105,7 +103,7 @@ class InfluxRollupRepair:
     async def _rebuild(self, miner: str, hour: float) -> None:
         where = f"miner = {_s(miner)} AND {_span(hour, hour + HOUR)}"
         fields = ", ".join(_q(k) for k in (IMPLAUSIBLE, *RAW_FIELDS))
-        rows = await self._query(f"SELECT config, firmware, {fields} FROM {self.readings} WHERE {where}")
+        rows = await self.server.query(f"SELECT config, firmware, {fields} FROM {self.readings} WHERE {where}")
         rollup = Rollup(ms=True)
         lines = []
         for s in rows[0].get("series", []) if rows else []:
@@ -120,6 +118,6 @@ class InfluxRollupRepair:
                 if part is not None:
                     lines.append(self.encoder.part(part))
         lines += [self.encoder.part(p) for p in rollup.drain()]
-        await self._query(f"DELETE FROM {_q(self.cfg.rollup_measurement or '')} WHERE {where}")
+        await self.server.query(f"DELETE FROM {_q(self.cfg.rollup_measurement or '')} WHERE {where}")
         if lines:
             await self.server.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
