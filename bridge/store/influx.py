@@ -39,6 +39,7 @@ from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.influx_repair import InfluxRollupRepair
+from bridge.store.influxql import quote_ident
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup
 from bridge.store.spool import Batch, Cursor, Spool
@@ -227,11 +228,10 @@ class V1Writer(HttpWriter):
         return results
 
     async def create_database(self) -> None:
-        db = (self.cfg.database or "").replace('"', '\\"')
-        status, text = await self._post("/query", {"q": f'CREATE DATABASE "{db}"'}, None)
-        if status >= 300 or '"error"' in text:
-            raise WriteError(classify(status) if status >= 300 else "config", status,
-                             f"CREATE DATABASE failed: {text[:500]}", self.target)
+        try:
+            await self.query(f"CREATE DATABASE {quote_ident(self.cfg.database or '')}")
+        except WriteError as exc:
+            raise WriteError(exc.kind, exc.status, f"CREATE DATABASE failed: {exc.detail}", self.target) from None
         log.warning("%s: created the database (influxdb.create_database is true); set a retention "
                     "policy on it (see docs/storage.md)", self.target)
 
