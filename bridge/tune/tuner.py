@@ -637,8 +637,9 @@ class Tuner:
             if len(tied) > 1:
                 winner = self._pick_best_case(tied, key)
                 if winner is not point:
-                    tie_break = f"{winner.config} and {point.config} are not told apart by the measured " \
-                                f"{key.replace('_', '/')}; the best case (expected hashrate less errors) decides"
+                    unit = METRIC[self.plan.goal.value][1]
+                    tie_break = (f"{winner.config} and {point.config} are not told apart by the measured {unit}; "
+                                 "the best case (expected hashrate less errors) decides")
         runner = self._pick([s for s in pool if winner is None or s.config != winner.config]) if winner else None
         diff = None
         if winner is not None and runner is not None:

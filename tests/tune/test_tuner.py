@@ -71,6 +71,16 @@ def test_close_contenders_are_revisited_alternately_and_the_verdict_says_not_sig
     assert r.summary.runner_up in ("400@1000", "490@1000") and r.summary.significant is False
 
 
+def test_a_tie_is_broken_by_the_best_case_and_the_summary_says_so_in_units() -> None:
+    # 490@1000 measures a hair more efficient (its hashrate reads at the expected, above expected less its
+    # errors) while drawing 5 % extra power: by best case (expected hashrate less errors) 400@1000 is better
+    r, _ = run({"490@1000": Spec(error_pct=0.8, chip_temp=52, power_factor=1.05, hashrate_ratio=1.0)})
+    assert r.summary is not None and r.summary.significant is False
+    assert (r.summary.winner, r.summary.runner_up) == ("400@1000", "490@1000")
+    assert r.summary.tie_break == ("400@1000 and 490@1000 are not told apart by the measured J/TH; "
+                                   "the best case (expected hashrate less errors) decides")
+
+
 def test_a_breach_during_warm_up_steps_back_before_the_limit_and_the_tune_goes_on() -> None:
     r, _ = run({"600@1250": Spec(error_pct=0.3, chip_temp=80)}, Plan(goal=Goal.HASHRATE))
     hot = entry(r, "600@1250")
