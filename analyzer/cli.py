@@ -225,6 +225,8 @@ def fmt_est(e: Estimate, digits: int = 2) -> str:
 def fmt_hours(s: float) -> str:
     if s > 1000 * 3600:
         return "> 1000 h (practically equal)"
+    if s < 90:  # a short (demo, time-scaled) visit read "0 min"
+        return f"{s:.0f} s"
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min"
 
 

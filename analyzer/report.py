@@ -92,10 +92,12 @@ def plot_timeseries(miner: str, b: Bins, steady: np.ndarray, path: Path) -> None
     t = (b.start - b.start[0]) / scale if len(b) else b.start
     for cfg, col in colors.items():
         sel = (b.config == cfg) & steady
-        ax1.plot(t[sel], b.mean["hashrate"][sel], ".", ms=2, color=col, label=cfg)
-        ax2.plot(t[sel], b.mean["asic_temp"][sel], ".", ms=2, color=col)
-    ax1.plot(t[~steady], b.mean["hashrate"][~steady], ".", ms=2, color="0.7", label="warm-up (excluded)")
-    ax2.plot(t[~steady], b.mean["asic_temp"][~steady], ".", ms=2, color="0.7")
+        if sel.any():  # a config seen only warming up (a tune's rejected candidate) is grey, not in the legend
+            ax1.plot(t[sel], b.mean["hashrate"][sel], ".", ms=2, color=col, label=cfg)
+            ax2.plot(t[sel], b.mean["asic_temp"][sel], ".", ms=2, color=col)
+    if not steady.all():
+        ax1.plot(t[~steady], b.mean["hashrate"][~steady], ".", ms=2, color="0.7", label="warm-up (excluded)")
+        ax2.plot(t[~steady], b.mean["asic_temp"][~steady], ".", ms=2, color="0.7")
     ax1.set_ylabel("hashrate (GH/s)")
     ax2.set_ylabel("chip (°C)")
     ax2.set_xlabel(f"{unit} since {fmt_time(float(b.start[0])) if len(b) else ''}")
