@@ -122,7 +122,11 @@ class TuneService(SinkBase):
         custom = self.guard.allows_custom(miner)
         # A step back waits for the guard's rate limit and a PATCH (wall seconds), then the firmware's ramp.
         reaction = (safety.min_command_interval + 1.0) * self.time_scale + 5.0
-        plan = replace(plan, method=replace(plan.method, reaction_s=max(plan.method.reaction_s, reaction)))
+        # "Lost" is judged in tune time; time-scaled, 120 s is a couple of wall seconds, less than one slow
+        # poll may take: never less than two polls and a request timeout in wall time.
+        lost = (2 * self.cfg.poll_interval + self.cfg.http.timeout) * self.time_scale
+        plan = replace(plan, method=replace(plan.method, reaction_s=max(plan.method.reaction_s, reaction),
+                                            lost_after_s=max(plan.method.lost_after_s, lost)))
         tuner = Tuner(miner=miner, board=last.board, start=last.config, plan=plan, now=self._t(last.time),
                       max_frequency=safety.max_frequency if custom else None,
                       max_core_voltage=safety.max_core_voltage if custom else None)

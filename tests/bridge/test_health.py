@@ -147,7 +147,9 @@ async def test_health_fails_while_influxdb_is_down_longer_than_the_spool_limit(
 
     try:
         async with bridge(load_config(path)):
-            await until(lambda: (beat_doc().get("polls") or 0) >= 5, "five polls")
+            # the first write waits for CREATE DATABASE on a fresh server: under load that may take > 1.5 s
+            await until(lambda: (beat_doc().get("polls") or 0) >= 5 and (beat_doc().get("spool_age") or 0) < 1.0,
+                        "five polls, and the spool written out")
             code, out = health(path)
             assert code == 0, out
             assert "InfluxDB spool" in out
@@ -170,9 +172,13 @@ async def test_bridge_state_and_its_home_assistant_sensors(mosquitto: Mosquitto,
                         "health_file": None, "mqtt": {"host": "127.0.0.1", "port": mosquitto.port}})
     try:
         async with bridge(cfg):
+            # the state goes out every 0.2 s from the connect on, while the discovery configs are still
+            # being published one by one: wait for those too
+            configs = [f"homeassistant/sensor/bitaxe_bridge_bitaxe/{b.key}/config" for b in BRIDGE_SENSORS]
+            configs.append("homeassistant/binary_sensor/bitaxe_bridge_bitaxe/connected/config")
             snap = await wait_retained(
                 mosquitto.port, lambda s: "bitaxe/bridge/state" in s
-                and json.loads(s["bitaxe/bridge/state"])["polls"] >= 3)
+                and json.loads(s["bitaxe/bridge/state"])["polls"] >= 3 and all(c in s for c in configs))
         doc = json.loads(snap["bitaxe/bridge/state"])
         assert doc["online"] == 1 and doc["miners"] == 1 and doc["poll_errors"] == 0
         assert doc["mqtt_connected"] is True and doc["mqtt_connections"] == 1 and doc["mqtt_seconds"] >= 0
@@ -188,6 +194,6 @@ async def test_bridge_state_and_its_home_assistant_sensors(mosquitto: Mosquitto,
             assert config["entity_category"] == "diagnostic"
             assert config["device"]["identifiers"] == ["bitaxe_bridge_bitaxe"]
             assert config["availability"] == [{"topic": "bitaxe/bridge/availability"}]
-        assert "homeassistant/binary_sensor/bitaxe_bridge_bitaxe/connected/config" in snap
+        assert json.loads(snap[configs[-1]])["state_topic"] == "bitaxe/bridge/availability"
     finally:
         await miner.stop()

@@ -65,11 +65,15 @@ async def test_a_damaged_miner_and_huge_counters_for_five_minutes(mosquitto: Mos
 
     text = log.read_text()
     assert "Traceback" not in text, text[-4000:]
+    counts = []
     for name in names[: len(HEALTHY)]:
         times = [s.at for s in watcher.on(f"bitaxe/{name}/state")]
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert len(times) >= DURATION / POLL - 5, (name, len(times))
+        # counted from the first state, not the process's start (imports, claim, connect: seconds under load)
+        assert times and times[-1] - times[0] >= DURATION - 30, (name, len(times))
+        assert len(times) >= (times[-1] - times[0]) / POLL - 1, (name, len(times), times[-1] - times[0])
         assert max(gaps) <= MAX_GAP, (name, max(gaps), sorted(gaps)[-5:])
+        counts.append(len(times))
     states = [{**s.json(), "miner": s.topic.split("/")[1]} for s in watcher.seen
               if s.topic != "bitaxe/bridge/state"]  # the bridge's own state, not a miner's
     assert all_outside(states, asic_of) == []
@@ -78,7 +82,7 @@ async def test_a_damaged_miner_and_huge_counters_for_five_minutes(mosquitto: Mos
     rows = sqlite_rows(tmp_path / "bitaxe.db")
     assert all_outside(rows) == [] and all_outside(influx_rows(influxdb1, "accept")) == []
     huge = [r for r in rows if r["miner"] == "huge"]
-    assert len(huge) >= DURATION / POLL - 5  # every poll a reading, the counters left out
+    assert len(huge) >= min(counts) - 2  # every poll a reading, the counters left out
     assert all(r["shares_accepted"] is None and r["implausible"] == 1 and r["hashrate"] > 0 for r in huge)
     corrupt = [r for r in rows if r["miner"] == "corrupt"]
     assert len(corrupt) > DURATION / POLL / 4 and any(r["implausible"] for r in corrupt)

@@ -61,7 +61,8 @@ def config(port: int, host: str, safety: dict[str, Any] | None = None) -> Bridge
     return parse_config({
         "miners": [{"name": "garage-1", "host": host}, {"name": "dead-1", "host": f"127.0.0.1:{free_port()}"}],
         "poll_interval": 0.2,
-        "http": {"timeout": 0.5, "offline_after": 1, "backoff_base": 0.05, "max_backoff": 0.2},
+        # a slow poll under load must not mark garage-1 offline (the guard answers "offline" first)
+        "http": {"timeout": 2.0, "offline_after": 3, "backoff_base": 0.05, "max_backoff": 0.2},
         "mqtt": {"host": "127.0.0.1", "port": port},
         "safety": {"min_command_interval": 0, **(safety or {})},
         "sqlite": None,
