@@ -137,6 +137,12 @@ def _dumps(doc: Any) -> str:
 Handler = Callable[[str, bytes], Coroutine[Any, Any, None]]  # (miner, payload) of a routed `set/<setting>` message
 
 
+def tune_summary_payload(event: Event) -> str:
+    """A tune's summary on `<prefix>/<miner>/result`, once and not retained (homeassistant/ blueprints read it)."""
+    return json.dumps({"miner": event.miner, "kind": "tune", "summary": event.data, "message": event.message},
+                      default=str)
+
+
 class MqttBridge:
     """The MQTT sink (bridge.sinks.Sink with run()); commands go to `guard` when one is given."""
 
@@ -224,8 +230,7 @@ class MqttBridge:
         elif item.kind == "command":
             return  # every result, also those not stored, comes from the guard's listener (_on_result)
         elif item.kind == "tune":  # a tune's summary: the outcome of the tune command
-            doc = {"miner": item.miner, "kind": "tune", "summary": item.data, "message": item.message}
-            await self._publish(self.topics.result(item.miner), json.dumps(doc, default=str), qos=1)
+            await self._publish(self.topics.result(item.miner), tune_summary_payload(item), qos=1)
         else:
             when = datetime.fromtimestamp(item.time, UTC).isoformat(timespec="milliseconds")
             doc = {"kind": item.kind, "message": item.message, "time": when, "data": item.data}

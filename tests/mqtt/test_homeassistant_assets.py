@@ -38,9 +38,9 @@ def walk(node: Any) -> list[Any]:
     return out
 
 
-def test_both_blueprints_exist() -> None:
+def test_every_blueprint_exists() -> None:
     assert {p.name for p in BLUEPRINTS} == {"notify_overheat_or_not_hashing.yaml",
-                                            "lower_clock_on_power_or_price.yaml"}
+                                            "lower_clock_on_power_or_price.yaml", "tune_finished.yaml"}
 
 
 @pytest.mark.parametrize("path", BLUEPRINTS, ids=lambda p: p.name)
