@@ -9,7 +9,7 @@ from bridge.commands import MAX_WAITING, CommandResult
 from tests.mqtt.readings import reading
 from tests.mqtt.test_guard import config, setup
 
-INTERVAL = 0.3
+INTERVAL = 1.0  # s; the messages of one test must arrive within it (0.3 s was one stall away from a flake)
 
 
 async def held(guard: Any, *messages: tuple[str | None, str]) -> list[CommandResult]:
