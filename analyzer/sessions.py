@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +80,27 @@ def sessions_from_events(events: list[Event]) -> list[Session]:
                            float(freq) if freq is not None else None,
                            int(volt) if volt is not None else None))
     return sorted(out, key=lambda s: s.start)
+
+
+RULED_OUT = ("unstable", "over_limit")  # a tune's outcomes that speak against the config itself
+
+
+def tune_outcomes(events: Iterable[Any]) -> dict[str, dict[str, str]]:
+    """The latest auto-tune outcome of each clock config of one miner, from the tune's session events
+    (bridge/tune/tuner.py: session_start has the clock, session_end the outcome): {"575@1100":
+    {"outcome": "unstable: error rate 75.3 % > 2 %", "tune": "60003d3b"}}. Events need .time, .kind, .data."""
+    clocks: dict[str, str] = {}
+    out: dict[str, dict[str, str]] = {}
+    for e in sorted(events, key=lambda e: e.time):
+        sid, tune = str(e.data.get("session") or ""), str(e.data.get("tune") or "")
+        if not sid or not tune:
+            continue  # a session of a person, not a tune's
+        if e.kind == "session_start" and e.data.get("frequency") is not None \
+                and e.data.get("core_voltage") is not None:
+            clocks[sid] = f"{fmt_number(float(e.data['frequency']))}@{int(e.data['core_voltage'])}"
+        elif e.kind == "session_end" and sid in clocks and e.data.get("outcome"):
+            out[clocks[sid]] = {"outcome": str(e.data["outcome"]), "tune": tune}
+    return out
 
 
 async def apply_clock(mqtt: MqttConfig, miner: str, payload: dict[str, Any],
