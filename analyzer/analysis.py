@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analyzer.ledger import Ledger, miner_file
 from analyzer.segments import Segment, WarmupPolicy
+from analyzer.sessions import RULED_OUT, tune_outcomes
 from analyzer.sources import Store
 from analyzer.stats import ConfigStats, Difference, Gates, difference
 from analyzer.stream import MinerStream
@@ -178,6 +179,27 @@ def _pick(title: str, rule: str, pool: list[ConfigStats], key: str, descending: 
     second = ranked[1]
     return Pick(title, rule, best, second,
                 difference(key, best.est[key], second.est[key], best.time_s, second.time_s), key)
+
+
+def thin(m: MinerAnalysis) -> list[str]:
+    """Stable configs with too little steady data for an interval: `recommend` does not let them compete."""
+    return [s.config for s in m.stats if s.stable and not s.est["j_per_th"].has_interval]
+
+
+def ruled_out_by_tunes(a: Analysis, store: Store) -> dict[str, dict[str, dict[str, str]]]:
+    """Per miner, its thin configs whose latest auto-tune visit found them unstable or over a limit, with
+    the tune's outcome and id. A tune leaves such a config within a minute or two, before the warm-up is
+    over, so "too little data" would hide why (and read as "measure it longer")."""
+    out = {}
+    for name, m in a.miners.items():
+        configs = thin(m)
+        if not configs:
+            continue
+        outcomes = tune_outcomes(store.events(name, a.since, a.until))
+        found = {c: outcomes[c] for c in configs if c in outcomes and outcomes[c]["outcome"].split(":")[0] in RULED_OUT}
+        if found:
+            out[name] = found
+    return out
 
 
 def recommend(stats: list[ConfigStats], balance_tolerance: float = 5.0) -> list[Pick]:

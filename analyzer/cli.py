@@ -24,6 +24,8 @@ from analyzer.analysis import (
     parse_time,
     rank,
     recommend,
+    ruled_out_by_tunes,
+    thin,
 )
 from analyzer.columns import label, unit
 from analyzer.ledger import LedgerError, default_path
@@ -367,9 +369,13 @@ def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> Non
     """
     a = run(kw, miner)
     picks = {name: recommend(m.stats, balance_tolerance) for name, m in a.miners.items()}
-    thin = {name: [s.config for s in m.stats if s.stable and not s.est["j_per_th"].has_interval]
-            for name, m in a.miners.items()}
-    ruled = _ruled_out_by_tunes(kw, a, thin)
+    store = _open(kw)  # the tunes' session events, for configs too thin to compete
+    try:
+        ruled = ruled_out_by_tunes(a, store)
+    except StoreError as exc:
+        raise Fail(str(exc)) from None
+    finally:
+        store.close()
     if kw["as_json"]:
         _emit({"source": a.store, "balance_tolerance_pct": balance_tolerance,
                "miners": {n: [p.to_dict() for p in ps] for n, ps in picks.items()},
@@ -380,40 +386,19 @@ def recommend_cmd(miner: str | None, balance_tolerance: float, **kw: Any) -> Non
         click.echo(f"\nminer {name}:")
         for p in ps:
             click.echo("  " + _fmt_pick(p).replace("\n", "\n  "))
-        if ruled.get(name):
-            click.echo("  ruled out by an auto-tune (too little steady data here for an interval):")
-            for c, o in ruled[name].items():
-                click.echo(f"    {c:<10} {o['outcome']} (tune {o['tune']})")
-        rest = [c for c in thin[name] if c not in ruled.get(name, {})]
+        for line in ruled_lines(ruled.get(name, {})):
+            click.echo("  " + line)
+        rest = [c for c in thin(a.miners[name]) if c not in ruled.get(name, {})]
         if rest:
             click.echo(f"  not considered (too little data for an interval): {', '.join(rest)}")
 
 
-def _ruled_out_by_tunes(kw: dict[str, Any], a: Analysis, thin: dict[str, list[str]]
-                        ) -> dict[str, dict[str, dict[str, str]]]:
-    """Configs with too little steady data for an interval whose latest auto-tune visit found them unstable
-    or over a limit: a tune leaves such a config within a minute or two, before its warm-up is over, so
-    "too little data" would hide why."""
-    from analyzer.sessions import RULED_OUT, tune_outcomes
-
-    if not any(thin.values()):
-        return {}
-    store = _open(kw)
-    try:
-        out = {}
-        for name, configs in thin.items():
-            if not configs:
-                continue
-            outcomes = tune_outcomes(store.events(name, a.since, a.until))
-            found = {c: outcomes[c] for c in configs
-                     if c in outcomes and outcomes[c]["outcome"].split(":")[0] in RULED_OUT}
-            if found:
-                out[name] = found
-        return out
-    except StoreError as exc:
-        raise Fail(str(exc)) from None
-    finally:
-        store.close()
+def ruled_lines(ruled: dict[str, dict[str, str]]) -> list[str]:
+    """The configs a tune ruled out, as `recommend` and the report show them."""
+    if not ruled:
+        return []
+    return ["ruled out by an auto-tune (too little steady data here for an interval):",
+            *(f"  {c:<10} {o['outcome']} (tune {o['tune']})" for c, o in ruled.items())]
 
 
 @main.command("compare", epilog=EPILOG, short_help="A/B comparison of two clock configs of one miner.")

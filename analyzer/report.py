@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analyzer.analysis import Analysis, MinerAnalysis, fmt_time, rank, recommend
+from analyzer.analysis import Analysis, MinerAnalysis, fmt_time, rank, recommend, ruled_out_by_tunes
 from analyzer.data import Bins, empty_bins
 from analyzer.segments import find_segments, steady_mask
 from analyzer.sources import Store
@@ -132,13 +132,16 @@ def _cell(e_value: float, half: float | None, d: int) -> str:
     return f"{e_value:.{d}f} ± {half:.{d}f}" if half is not None else f"{e_value:.{d}f} (no CI)"
 
 
-def _tables(a: Analysis, tolerance: float) -> dict[str, tuple[list[str], list[list[str]], list[str]]]:
-    from analyzer.cli import _fmt_pick, stats_rows
+def _tables(a: Analysis, store: Store, tolerance: float) -> dict[str, tuple[list[str], list[list[str]], list[str]]]:
+    from analyzer.cli import _fmt_pick, ruled_lines, stats_rows
 
+    ruled = ruled_out_by_tunes(a, store)
     out = {}
     for name, m in a.miners.items():
         head, rows = stats_rows(rank(m.stats, "efficiency", include_unstable=True))
         picks = [_fmt_pick(p) for p in recommend(m.stats, tolerance)]
+        if name in ruled:
+            picks.append("\n".join(ruled_lines(ruled[name])))
         out[name] = (head, rows, picks)
     return out
 
@@ -159,7 +162,7 @@ def write_report(a: Analysis, store: Store, out_dir: Path, fmt: str, tolerance: 
         plot_temp_power(name, b, steady, out_dir / imgs[2][0])
         del b, steady
         images[name] = imgs
-    tables = _tables(a, tolerance)
+    tables = _tables(a, store, tolerance)
     files = [out_dir / f for imgs in images.values() for f, _ in imgs]
     intro = (f"Source {a.store}; {a.range_text()}; {a.width:g}-s bins. Values are "
              f"means over steady time with 95 % intervals from batch means longer than the measured "

@@ -71,3 +71,15 @@ def test_recommend_names_the_configs_a_tune_found_unstable(tuned: tuple[Path, li
     assert f"{ruled[config]['outcome']} (tune {ruled[config]['tune']})" in line
     thin = next((x for x in text.splitlines() if x.strip().startswith("not considered")), "")
     assert not any(c in thin for c in ruled)  # listed once, with its reason
+
+
+def test_the_report_lists_them_under_the_recommendations(tuned: tuple[Path, list[Event]], tmp_path: Path) -> None:
+    path, events = tuned
+    r = CliRunner().invoke(main, ["report", "--source", f"sqlite:{path}", "--out", str(tmp_path), "--format", "both"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    unstable = sorted(c for c, o in tune_outcomes(events).items() if o["outcome"].startswith("unstable"))
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("### Recommendations")[1].split("### All configs")[0]
+    assert "ruled out by an auto-tune" in section and all(c in section for c in unstable), section
+    assert "ruled out by an auto-tune" in (tmp_path / "report.html").read_text()
