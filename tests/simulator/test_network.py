@@ -69,13 +69,13 @@ async def test_slow_start_delays_the_status_line(fleet: Fleet) -> None:
 
 async def test_slow_start_can_hold_the_body_after_the_headers(fleet: Fleet) -> None:
     miner = fleet.miners[0]
-    miner.set_fault("slow_start:delay=0,body_delay=0.5")
+    miner.set_fault("slow_start:delay=0,body_delay=2")
     wire = await Wire.open(miner)
     wire.send()
     status, headers = await wire.head()
     assert status == 200 and int(headers["content-length"]) > 1000
-    with pytest.raises(TimeoutError):  # headers now, the body half a second later
-        await asyncio.wait_for(wire.reader.read(1), 0.2)
+    with pytest.raises(TimeoutError):  # headers now, the body two seconds later
+        await asyncio.wait_for(wire.reader.read(1), 0.5)
     assert json.loads((await wire.body(headers))[0])["hostname"] == miner.name
     wire.close()
 
