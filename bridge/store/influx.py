@@ -342,6 +342,15 @@ class InfluxSink:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the analyzer reads such hours from the readings meanwhile
+            if isinstance(exc, WriteError) and exc.status in (401, 403):
+                # A write-only user (least privilege) may not read: that will not change while the bridge
+                # runs, and a warning every few minutes would be noise about a setup that works.
+                self.repair = None
+                log.warning("%s: the rollup repair is off until the bridge restarts: %s. Nothing is lost: the "
+                            "analyzer reads hours without rollups from the readings (slower, the same numbers). "
+                            "To repair them, give influxdb.username READ as well as WRITE on the database "
+                            "(GRANT ALL ON <database> TO <user>)", self.writer.target, exc.detail[:300])
+                return
             log.warning("%s: checking the rollups failed (%s); next try in %.0f min", self.writer.target,
                         _describe(exc), REPAIR_IDLE / 60)
             self._next_repair = now + REPAIR_IDLE

@@ -64,3 +64,34 @@ async def test_wrong_password_keeps_points_and_check_says_so(influx_auth: AuthIn
     await sink.start()
     await sink.aclose()
     assert sink.written == 4 and sink.pending == 0
+
+
+def _admin(server: InfluxDB1, statement: str) -> None:
+    data = urllib.parse.urlencode({"q": statement}).encode()
+    urllib.request.urlopen(f"{server.url}/query?u=admin&p=right", data=data, timeout=10).read()
+
+
+async def test_a_write_only_user_writes_and_the_rollup_repair_says_once_why_it_is_off(
+        influx_auth: AuthInfluxDB1, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Least privilege: the bridge's user may write, not read. The repair reads counts (SELECT needs READ).
+    _admin(influx_auth, "CREATE USER writer WITH PASSWORD 'w'")
+    _admin(influx_auth, 'GRANT WRITE ON "secure" TO "writer"')
+    cfg = InfluxConfig.model_validate({"url": influx_auth.url, "api": "v1", "database": "secure",
+                                       "username": "writer", "password": "w", "timeout": 3,
+                                       "spool_dir": str(tmp_path / "spool")})
+    sink = InfluxSink(cfg)
+    await sink.start()
+    for i in range(4):
+        await sink.handle(reading(i))
+    with caplog.at_level(logging.WARNING):
+        await sink.flush()
+        assert sink.written >= 4 and sink.pending == 0  # writing needs nothing more
+        await sink._maybe_repair()
+        sink._next_repair = 0.0  # as if the next try were due
+        await sink._maybe_repair()
+    await sink.aclose()
+    assert sink.repair is None
+    said = [r.getMessage() for r in caplog.records if "rollup" in r.getMessage()]
+    assert len(said) == 1, said  # once, not every ten minutes
+    assert "the rollup repair is off until the bridge restarts" in said[0] and "requires READ" in said[0]
+    assert "GRANT ALL ON <database> TO <user>" in said[0]
