@@ -69,7 +69,16 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
                 f"InfluxDB at {cfg.url}: database {db!r} has no retention policy "
                 f"{cfg.retention_policy!r}; create it (CREATE RETENTION POLICY \"{cfg.retention_policy}\" "
                 f"ON \"{db}\" DURATION 365d REPLICATION 1) or remove influxdb.retention_policy")
-    return f"InfluxDB {version} at {cfg.url}: database {db!r} exists, writing with the 1.x /write API"
+    # An empty write checks the user's WRITE privilege without storing anything (a READ-only user passes
+    # SHOW DATABASES above and would only fail at the bridge's first write).
+    params = {"db": db, "precision": "ms", **({"rp": cfg.retention_policy} if cfg.retention_policy else {})}
+    status, text, _ = await _request(session, "POST", base + "/write", cfg, data=b"", headers=auth, params=params)
+    if status in (401, 403):
+        who = f"user {cfg.username!r}" if cfg.username else "this client (no influxdb.username)"
+        raise StoreCheckError(f"InfluxDB at {cfg.url}: {who} may not write to database {db!r} (HTTP {status}: "
+                              f"{text.strip()[:200]}); grant it (GRANT WRITE ON \"{db}\" TO \"<user>\", or "
+                              "GRANT ALL for the rollup repair too) or use another user")
+    return f"InfluxDB {version} at {cfg.url}: database {db!r} exists and is writable with the 1.x /write API"
 
 
 async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:

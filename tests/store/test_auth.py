@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,9 +68,9 @@ async def test_wrong_password_keeps_points_and_check_says_so(influx_auth: AuthIn
     assert sink.written == 4 and sink.pending == 0
 
 
-def _admin(server: InfluxDB1, statement: str) -> None:
+def _admin(server: InfluxDB1, statement: str) -> Any:
     data = urllib.parse.urlencode({"q": statement}).encode()
-    urllib.request.urlopen(f"{server.url}/query?u=admin&p=right", data=data, timeout=10).read()
+    return json.loads(urllib.request.urlopen(f"{server.url}/query?u=admin&p=right", data=data, timeout=10).read())
 
 
 async def test_a_write_only_user_writes_and_the_rollup_repair_says_once_why_it_is_off(
@@ -95,3 +97,22 @@ async def test_a_write_only_user_writes_and_the_rollup_repair_says_once_why_it_i
     assert len(said) == 1, said  # once, not every ten minutes
     assert "the rollup repair is off until the bridge restarts" in said[0] and "requires READ" in said[0]
     assert "GRANT ALL ON <database> TO <user>" in said[0]
+
+
+async def test_check_config_tells_a_read_only_user_before_the_first_write(influx_auth: AuthInfluxDB1,
+                                                                          tmp_path: Path) -> None:
+    _admin(influx_auth, "CREATE USER reader WITH PASSWORD 'r'")
+    _admin(influx_auth, 'GRANT READ ON "secure" TO "reader"')
+    _admin(influx_auth, "CREATE USER writer WITH PASSWORD 'w'")
+    _admin(influx_auth, 'GRANT WRITE ON "secure" TO "writer"')
+
+    def cfg(user: str, password: str) -> InfluxConfig:
+        return InfluxConfig.model_validate({"url": influx_auth.url, "api": "v1", "database": "secure",
+                                            "username": user, "password": password, "timeout": 3,
+                                            "spool_dir": str(tmp_path / "spool")})
+
+    with pytest.raises(StoreCheckError, match=r"user 'reader' may not write to database 'secure' \(HTTP 403.*GRANT"):
+        await check_influx(cfg("reader", "r"))
+    assert "exists and is writable" in await check_influx(cfg("writer", "w"))
+    points = _admin(influx_auth, 'SHOW MEASUREMENTS ON "secure"')  # the probe stored nothing
+    assert "series" not in points["results"][0], points
