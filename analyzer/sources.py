@@ -19,6 +19,7 @@ import numpy.typing as npt
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
 from analyzer.data import CHANGE_KINDS, Bins, EventRow, FloatArray, Samples, bin_samples, empty_bins, samples_from_rows
+from bridge.store.influxql import basic_auth_header
 from bridge.store.influxql import quote_ident as _q
 from bridge.store.influxql import quote_string as _s
 from bridge.store.rollup import AVERAGED, ROLLUP_S
@@ -403,10 +404,9 @@ class InfluxStore:
 
     def _request(self, q: str, epoch: str) -> Iterator[dict[str, Any]]:
         params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000"}
-        if self.auth[0]:
-            params["u"], params["p"] = self.auth[0], self.auth[1] or ""
+        # Credentials in a header: InfluxDB 1.x does not read u/p from a POSTed form (HTTP 401).
         req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode(),
-                                     method="POST")
+                                     method="POST", headers=basic_auth_header(*self.auth))
         if self.token:
             req.add_header("Authorization", f"Token {self.token}")
         try:
@@ -416,7 +416,9 @@ class InfluxStore:
                         yield json.loads(line)
         except urllib.error.HTTPError as exc:
             body = exc.read().decode(errors="replace")[:300]
-            hint = "check username/password or token" if exc.code in (401, 403) else "check the URL"
+            hint = {401: "check username/password or token",
+                    403: "the user needs READ on the database (a bridge's write-only user cannot analyze: "
+                         "give bitaxe-analyze one that may read)"}.get(exc.code, "check the URL")
             raise StoreError(f"InfluxDB {self.url}: HTTP {exc.code} for /query ({body.strip()}); "
                              f"{hint}") from None
         except (urllib.error.URLError, OSError) as exc:

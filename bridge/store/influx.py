@@ -18,7 +18,6 @@ Failures are sorted by what fixes them (docs/storage.md):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gzip
 import json
@@ -39,7 +38,7 @@ from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
 from bridge.store.influx_repair import InfluxRollupRepair
-from bridge.store.influxql import quote_ident
+from bridge.store.influxql import basic_auth_header, quote_ident
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup
 from bridge.store.spool import Batch, Cursor, Spool
@@ -133,10 +132,7 @@ def v2_bucket(cfg: InfluxConfig) -> str:
 
 def basic_auth(cfg: InfluxConfig) -> dict[str, str]:
     """HTTP basic auth headers for the 1.x API (built here: aiohttp deprecates its BasicAuth)."""
-    if not cfg.username:
-        return {}
-    raw = f"{cfg.username}:{reveal(cfg.password) or ''}".encode()
-    return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+    return basic_auth_header(cfg.username, reveal(cfg.password))
 
 
 def v2_auth(cfg: InfluxConfig) -> dict[str, str]:

@@ -116,3 +116,19 @@ async def test_check_config_tells_a_read_only_user_before_the_first_write(influx
     assert "exists and is writable" in await check_influx(cfg("writer", "w"))
     points = _admin(influx_auth, 'SHOW MEASUREMENTS ON "secure"')  # the probe stored nothing
     assert "series" not in points["results"][0], points
+
+
+def test_the_analyzer_with_a_write_only_user_says_it_needs_read(influx_auth: AuthInfluxDB1) -> None:
+    from analyzer.sources import InfluxStore, StoreError
+
+    _admin(influx_auth, "CREATE USER writer WITH PASSWORD 'w'")
+    _admin(influx_auth, 'GRANT WRITE ON "secure" TO "writer"')
+    with pytest.raises(StoreError, match=r"HTTP 403 .*requires READ.* the user needs READ on the database"):
+        InfluxStore(influx_auth.url, "secure", username="writer", password="w").miners()
+    # with a user that may read, it reads (the credentials used to go in the form body: HTTP 401 always)
+    _admin(influx_auth, "CREATE USER reader WITH PASSWORD 'r'")
+    _admin(influx_auth, 'GRANT READ ON "secure" TO "reader"')
+    url = f"{influx_auth.url}/write?db=secure&precision=s&u=admin&p=right"
+    urllib.request.urlopen(urllib.request.Request(url, data=b"bitaxe,miner=g1 hashrate=1.0 1700000000",
+                                                  method="POST"), timeout=10).read()
+    assert InfluxStore(influx_auth.url, "secure", username="reader", password="r").miners() == ["g1"]
