@@ -656,7 +656,11 @@ def open_source(source: str | None, config_path: str | None) -> Store:
             if parsed.scheme not in ("http", "https") or not db or "/" in db:
                 raise StoreError(f'--source "{source}": write influxdb:http://HOST:PORT/DATABASE, '
                                  f"e.g. influxdb:http://127.0.0.1:8086/bitaxe")
-            return InfluxStore(f"{parsed.scheme}://{parsed.netloc}", db)
+            # user:password@ in the URL (InfluxDB 1.x with authentication): sent as basic auth, not in the URL
+            host = parsed.netloc.rpartition("@")[2]
+            user = urllib.parse.unquote(parsed.username) if parsed.username else None
+            password = urllib.parse.unquote(parsed.password) if parsed.password else None
+            return InfluxStore(f"{parsed.scheme}://{host}", db, username=user, password=password)
         raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or '
                          f"influxdb:URL/DATABASE")
     if config_path:

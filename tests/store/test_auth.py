@@ -119,7 +119,7 @@ async def test_check_config_tells_a_read_only_user_before_the_first_write(influx
 
 
 def test_the_analyzer_with_a_write_only_user_says_it_needs_read(influx_auth: AuthInfluxDB1) -> None:
-    from analyzer.sources import InfluxStore, StoreError
+    from analyzer.sources import InfluxStore, StoreError, open_source
 
     _admin(influx_auth, "CREATE USER writer WITH PASSWORD 'w'")
     _admin(influx_auth, 'GRANT WRITE ON "secure" TO "writer"')
@@ -132,3 +132,5 @@ def test_the_analyzer_with_a_write_only_user_says_it_needs_read(influx_auth: Aut
     urllib.request.urlopen(urllib.request.Request(url, data=b"bitaxe,miner=g1 hashrate=1.0 1700000000",
                                                   method="POST"), timeout=10).read()
     assert InfluxStore(influx_auth.url, "secure", username="reader", password="r").miners() == ["g1"]
+    port = influx_auth.url.rpartition(":")[2]
+    assert open_source(f"influxdb:http://reader:r@127.0.0.1:{port}/secure", None).miners() == ["g1"]
