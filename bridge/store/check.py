@@ -10,6 +10,7 @@ import aiohttp
 
 from bridge.config import InfluxConfig
 from bridge.store.influx import basic_auth, v2_auth, v2_bucket, v2_write_params
+from bridge.store.influxql import quote_ident
 
 
 class StoreCheckError(Exception):
@@ -78,7 +79,14 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
         raise StoreCheckError(f"InfluxDB at {cfg.url}: {who} may not write to database {db!r} (HTTP {status}: "
                               f"{text.strip()[:200]}); grant it (GRANT WRITE ON \"{db}\" TO \"<user>\", or "
                               "GRANT ALL for the rollup repair too) or use another user")
-    return f"InfluxDB {version} at {cfg.url}: database {db!r} exists and is writable with the 1.x /write API"
+    ok = f"InfluxDB {version} at {cfg.url}: database {db!r} exists and is writable with the 1.x /write API"
+    # Writing is all the bridge needs; reading is for the rollup repair (and bitaxe-analyze with this user).
+    status, text, _ = await _request(session, "POST", base + "/query", cfg, headers=auth,
+                                     data={"q": f"SHOW MEASUREMENTS ON {quote_ident(db)} LIMIT 1"})
+    if status in (401, 403):
+        ok += (f"; note: user {cfg.username!r} may not read it, so the bridge will not repair rollups there "
+               "(GRANT ALL to let it) and bitaxe-analyze needs a user that may")
+    return ok
 
 
 async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:

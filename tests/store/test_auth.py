@@ -113,7 +113,10 @@ async def test_check_config_tells_a_read_only_user_before_the_first_write(influx
 
     with pytest.raises(StoreCheckError, match=r"user 'reader' may not write to database 'secure' \(HTTP 403.*GRANT"):
         await check_influx(cfg("reader", "r"))
-    assert "exists and is writable" in await check_influx(cfg("writer", "w"))
+    said = await check_influx(cfg("writer", "w"))
+    assert "exists and is writable" in said and "note: user 'writer' may not read it" in said
+    _admin(influx_auth, 'GRANT ALL ON "secure" TO "writer"')
+    assert "note" not in await check_influx(cfg("writer", "w"))
     points = _admin(influx_auth, 'SHOW MEASUREMENTS ON "secure"')  # the probe stored nothing
     assert "series" not in points["results"][0], points
 
