@@ -30,7 +30,7 @@ from analyzer.analysis import (
 from analyzer.columns import label, unit
 from analyzer.ledger import LedgerError, default_path
 from analyzer.segments import WarmupPolicy
-from analyzer.sources import SqliteStore, Store, StoreError, open_source
+from analyzer.sources import InfluxStore, SqliteStore, Store, StoreError, open_source
 from analyzer.stats import ConfigStats, Difference, Estimate, Gates, difference
 from bridge import __version__
 from bridge.reading import ClockConfig
@@ -210,6 +210,10 @@ def _nothing_to_analyze(store: Store, miner: str | None, miners: list[str], sinc
                 "analysis. Choose a range where the miner reported sane values")
     who = f'miner "{miner}"' if miner else "any miner"
     spans = [(m, span) for m in miners if (span := store.span(m)) is not None]
+    if not spans and isinstance(store, InfluxStore) and not store.retention_policy:
+        # The miner tags are there (SHOW TAG VALUES spans policies), the readings are not: another policy.
+        return (f"no readings for {who} in {store.name}'s default retention policy; if the bridge writes into "
+                "another one (influxdb.retention_policy), add ?rp=POLICY to --source or use --config")
     held = "; ".join(f'"{m}" has readings from {fmt_time(a)} to {fmt_time(b)}' for m, (a, b) in spans[:5])
     return f"no readings for {who} {between}" + (f" ({held})" if held else "") + "; widen --since/--until"
 

@@ -383,10 +383,13 @@ class InfluxStore:
     def __init__(self, url: str, database: str, *, username: str | None = None,
                  password: str | None = None, token: str | None = None, measurement: str = "bitaxe",
                  event_measurement: str = "bitaxe_event", rollup_measurement: str | None = "bitaxe_rollup",
-                 timeout: float = 300.0) -> None:
+                 retention_policy: str | None = None, timeout: float = 300.0) -> None:
         self.url = url.rstrip("/")
         self.database = database
-        self.name = f"influxdb:{self.url}/{database}"
+        # Queries name measurements without a policy: InfluxDB reads them from this one (`rp`), else the
+        # database's default, which holds nothing when the bridge writes to another (influxdb.retention_policy).
+        self.retention_policy = retention_policy
+        self.name = f"influxdb:{self.url}/{database}" + (f"?rp={retention_policy}" if retention_policy else "")
         self.auth = (username, password)
         self.token = token
         self.measurement = measurement
@@ -403,7 +406,8 @@ class InfluxStore:
         del res
 
     def _request(self, q: str, epoch: str) -> Iterator[dict[str, Any]]:
-        params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000"}
+        params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000",
+                  **({"rp": self.retention_policy} if self.retention_policy else {})}
         # Credentials in a header: InfluxDB 1.x does not read u/p from a POSTed form (HTTP 401).
         req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode(),
                                      method="POST", headers=basic_auth_header(*self.auth))
@@ -653,14 +657,16 @@ def open_source(source: str | None, config_path: str | None) -> Store:
         if kind in ("influxdb", "influx"):
             parsed = urllib.parse.urlsplit(rest)
             db = parsed.path.strip("/")
-            if parsed.scheme not in ("http", "https") or not db or "/" in db:
-                raise StoreError(f'--source "{source}": write influxdb:http://HOST:PORT/DATABASE, '
+            query = urllib.parse.parse_qs(parsed.query)
+            if parsed.scheme not in ("http", "https") or not db or "/" in db or set(query) - {"rp"}:
+                raise StoreError(f'--source "{source}": write influxdb:http://HOST:PORT/DATABASE[?rp=POLICY], '
                                  f"e.g. influxdb:http://127.0.0.1:8086/bitaxe")
             # user:password@ in the URL (InfluxDB 1.x with authentication): sent as basic auth, not in the URL
             host = parsed.netloc.rpartition("@")[2]
             user = urllib.parse.unquote(parsed.username) if parsed.username else None
             password = urllib.parse.unquote(parsed.password) if parsed.password else None
-            return InfluxStore(f"{parsed.scheme}://{host}", db, username=user, password=password)
+            return InfluxStore(f"{parsed.scheme}://{host}", db, username=user, password=password,
+                               retention_policy=query.get("rp", [None])[-1])
         raise StoreError(f'--source "{source}": unknown store "{kind}"; use sqlite:PATH or '
                          f"influxdb:URL/DATABASE")
     if config_path:
@@ -677,6 +683,7 @@ def open_source(source: str | None, config_path: str | None) -> Store:
                                token=reveal(ic.token), measurement=ic.measurement,
                                event_measurement=ic.event_measurement,
                                rollup_measurement=ic.rollup_measurement,
+                               retention_policy=ic.retention_policy,
                                timeout=max(ic.timeout, 300.0))
         if cfg.sqlite is not None:
             path = cfg.sqlite.path

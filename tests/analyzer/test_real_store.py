@@ -83,3 +83,31 @@ async def test_rank_on_what_the_influx_sink_wrote(influxdb1: InfluxDB1, tmp_path
     await sink.flush()
     await sink.aclose()
     check_ranking(f"influxdb:{influxdb1.url}/{db}", model)
+
+
+async def test_rank_on_a_named_retention_policy(influxdb1: InfluxDB1, tmp_path: Path, history) -> None:
+    """influxdb.retention_policy: the bridge writes into a policy that is not the database's default; the
+    analyzer reads that policy (from the bridge's config, or `?rp=` in --source), not the empty default."""
+    readings, events, model = history
+    db = f"rp_{uuid.uuid4().hex[:8]}"
+    influxdb1.query(f'CREATE DATABASE "{db}"')
+    influxdb1.query(f'CREATE RETENTION POLICY "kept" ON "{db}" DURATION INF REPLICATION 1', db=db)  # not DEFAULT
+    cfg = {"url": influxdb1.url, "api": "v1", "database": db, "retention_policy": "kept",
+           "spool_dir": str(tmp_path / "spool"), "batch_size": 1000}
+    sink = InfluxSink(InfluxConfig.model_validate(cfg))
+    await sink.start()
+    for item in [*readings, *events]:
+        await sink.handle(item)
+    await sink.flush()
+    await sink.aclose()
+    assert sink.written >= len(readings) and sink.pending == 0
+    empty = CliRunner().invoke(main, ["rank", "--source", f"influxdb:{influxdb1.url}/{db}"])
+    assert empty.exit_code == 1  # the default policy holds nothing, and the error says where to look
+    assert "default retention policy" in empty.output and "?rp=POLICY" in empty.output, empty.output
+    check_ranking(f"influxdb:{influxdb1.url}/{db}?rp=kept", model)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"miners: [{{name: garage-1, host: '127.0.0.1:1'}}]\nsqlite: null\n"
+                      f"influxdb: {{url: '{influxdb1.url}', api: v1, database: {db}, retention_policy: kept}}\n")
+    r = CliRunner().invoke(main, ["rank", "--config", str(config), "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert [x["config"] for x in json.loads(r.output)["miners"]["garage-1"]] == ["525@1150", "600@1200"]
