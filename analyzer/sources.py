@@ -362,6 +362,7 @@ class Series:
     tags: dict[str, str]
     columns: list[str]
     values: list[list[Any]]
+    name: str = ""  # the measurement (or what a SHOW statement lists)
 
 
 class InfluxStore:
@@ -402,8 +403,13 @@ class InfluxStore:
         return self
 
     def _check(self) -> None:
-        res = self.query("SHOW MEASUREMENTS LIMIT 1")
-        del res
+        if any(s.name == "databases" for s in self.query("SHOW MEASUREMENTS LIMIT 1")):
+            # VictoriaMetrics (and other write-API-only servers) answer every /query with the database
+            # list, for Grafana's data source test: there is no InfluxQL behind it.
+            raise StoreError(
+                f"{self.url} answers /query without running InfluxQL (VictoriaMetrics does): bitaxe-analyze "
+                "cannot read it. Keep the bridge's SQLite store on beside it (sqlite: in config.yaml) and "
+                "analyze that (--source sqlite:PATH), or write to an InfluxDB")
 
     def _request(self, q: str, epoch: str) -> Iterator[dict[str, Any]]:
         params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000",
@@ -448,7 +454,7 @@ class InfluxStore:
                         merged[key].values.extend(s.get("values", []))
                     else:
                         merged[key] = Series(statement, dict(tags), list(s["columns"]),
-                                             list(s.get("values", [])))
+                                             list(s.get("values", [])), str(s.get("name", "")))
         return list(merged.values())
 
     def miners(self) -> list[str]:

@@ -18,6 +18,7 @@ from analyzer.segments import WarmupPolicy
 from analyzer.sources import InfluxStore, SqliteStore
 from analyzer.stats import Gates
 from analyzer.synthetic import simulated_history, write_influx, write_sqlite
+from tests.support.servers import VictoriaMetrics
 
 # Gamma configs, visited twice: the best J/TH among them is known from the model's truth().
 SCHEDULE = [(525, 1150, 5400), (600, 1200, 5400), (490, 1100, 5400), (550, 1150, 5400)] * 2
@@ -262,3 +263,10 @@ def test_all_warmup_is_said_not_hidden(sqlite_db):
     code, out = invoke("rank", "--source", f"sqlite:{sqlite_db}", "--warmup", "3h", "--all")
     assert code == 0, out
     assert "every segment is still in its warm-up" in out and "--warmup" in out
+
+
+def test_a_server_without_influxql_is_named_not_a_traceback(victoria: VictoriaMetrics) -> None:
+    # VictoriaMetrics takes the bridge's writes but answers every /query with its database list
+    code, out = invoke("rank", "--source", f"influxdb:{victoria.url}/bitaxe")
+    assert code == 1 and "Traceback" not in out
+    assert "answers /query without running InfluxQL (VictoriaMetrics does)" in out and "sqlite" in out, out
