@@ -135,6 +135,10 @@ async def _read_influx(cfg: InfluxConfig, kinds: Sequence[str], miner: str | Non
         if "error" in result:
             raise EventStoreError(f"InfluxDB {cfg.url}: {result['error']}")
         for series in result.get("series", []) or []:
+            if series.get("name") == "databases":  # every /query answered with the database list: no InfluxQL
+                raise EventStoreError(f"{cfg.url} answers /query without running InfluxQL (VictoriaMetrics does) "
+                                      "and keeps no events: turn the bridge's SQLite store on (sqlite: in "
+                                      "config.yaml), which holds them")
             cols = series["columns"]
             for values in series["values"]:
                 row = dict(zip(cols, values, strict=True))

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from analyzer.sessions import SessionError, session, start_session
 from bridge.config import BridgeConfig, load_config
 from bridge.store.sqlite import open_readonly
-from tests.support.servers import InfluxDB1, Mosquitto, free_port
+from tests.support.servers import InfluxDB1, Mosquitto, VictoriaMetrics, free_port
 
 
 def write_config(tmp_path: Path, **sections: Any) -> Path:
@@ -129,3 +129,11 @@ async def test_unreachable_influx_only_store_fails_loudly(tmp_path: Path) -> Non
         "url": f"http://127.0.0.1:{free_port()}", "api": "v1", "database": "x", "timeout": 2}))
     with pytest.raises(SessionError, match="unreachable"):
         await start_session(cfg, "office", None, None, "")
+
+
+async def test_victoriametrics_only_says_it_keeps_no_sessions(tmp_path: Path, victoria: VictoriaMetrics) -> None:
+    from analyzer.sessions import list_sessions
+
+    cfg = load_config(write_config(tmp_path, sqlite=None, influxdb={"url": victoria.url, "bucket": "bitaxe"}))
+    with pytest.raises(SessionError, match=r"without running InfluxQL \(VictoriaMetrics does\).*sqlite"):
+        await list_sessions(cfg, None)
