@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from analyzer.columns import COUNTERS, FRACTION_KEYS, IMPLAUSIBLE, MEAN_KEYS, OVERHEAT, RAW_FIELDS, UPTIME
 from analyzer.data import CHANGE_KINDS, Bins, EventRow, FloatArray, Samples, bin_samples, empty_bins, samples_from_rows
-from bridge.store.influxql import basic_auth_header
+from bridge.store.influxql import NO_INFLUXQL, basic_auth_header, lists_databases
 from bridge.store.influxql import quote_ident as _q
 from bridge.store.influxql import quote_string as _s
 from bridge.store.rollup import AVERAGED, ROLLUP_S
@@ -403,13 +403,10 @@ class InfluxStore:
         return self
 
     def _check(self) -> None:
-        if any(s.name == "databases" for s in self.query("SHOW MEASUREMENTS LIMIT 1")):
-            # VictoriaMetrics (and other write-API-only servers) answer every /query with the database
-            # list, for Grafana's data source test: there is no InfluxQL behind it.
+        if any(lists_databases(s.name) for s in self.query("SHOW MEASUREMENTS LIMIT 1")):
             raise StoreError(
-                f"{self.url} answers /query without running InfluxQL (VictoriaMetrics does): bitaxe-analyze "
-                "cannot read it. Keep the bridge's SQLite store on beside it (sqlite: in config.yaml) and "
-                "analyze that (--source sqlite:PATH), or write to an InfluxDB")
+                f"{self.url} {NO_INFLUXQL}: bitaxe-analyze cannot read it. Keep the bridge's SQLite store on "
+                "beside it (sqlite: in config.yaml) and analyze that (--source sqlite:PATH), or write to an InfluxDB")
 
     def _request(self, q: str, epoch: str) -> Iterator[dict[str, Any]]:
         params = {"q": q, "db": self.database, "epoch": epoch, "chunked": "true", "chunk_size": "20000",

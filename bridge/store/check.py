@@ -10,7 +10,7 @@ import aiohttp
 
 from bridge.config import InfluxConfig
 from bridge.store.influx import basic_auth, v2_auth, v2_bucket, v2_write_params
-from bridge.store.influxql import quote_ident
+from bridge.store.influxql import NO_INFLUXQL, lists_databases, quote_ident
 
 
 class StoreCheckError(Exception):
@@ -53,6 +53,9 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
         raise StoreCheckError(f"InfluxDB at {cfg.url}: SHOW DATABASES answered HTTP {status}: {text[:300]}; "
                               "is influxdb.url an InfluxDB 1.x server (api: v1)?")
     names = _series_values(text)
+    if db not in names and await _lists_databases_only(session, cfg, base, auth):
+        return (f"{cfg.url} takes 1.x writes (/write) but {NO_INFLUXQL}: no database to create; the rollup "
+                "repair stays off and bitaxe-analyze cannot read it (keep sqlite on beside it)")
     if db not in names:
         if cfg.create_database:
             return (f"InfluxDB {version} at {cfg.url} reachable; database {db!r} does not exist yet and "
@@ -87,6 +90,23 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
         ok += (f"; note: user {cfg.username!r} may not read it, so the bridge will not repair rollups there "
                "(GRANT ALL to let it) and bitaxe-analyze needs a user that may")
     return ok
+
+
+async def _lists_databases_only(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str,
+                                 auth: dict[str, str]) -> bool:
+    """Whether /query answers any statement with the database list (VictoriaMetrics), after an empty write
+    showed that writing works."""
+    status, _, _ = await _request(session, "POST", base + "/write", cfg, data=b"", headers=auth,
+                                  params={"db": cfg.database or "", "precision": "ms"})
+    if status >= 300:
+        return False
+    status, text, _ = await _request(session, "POST", base + "/query", cfg, headers=auth,
+                                     data={"q": "SHOW MEASUREMENTS LIMIT 1"})
+    try:
+        results = json.loads(text).get("results", []) if status < 300 else []
+    except (ValueError, AttributeError):
+        return False
+    return any(lists_databases(s.get("name")) for r in results for s in r.get("series", []) or [])
 
 
 async def _check_v2(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, version: str) -> str:

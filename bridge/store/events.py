@@ -19,6 +19,7 @@ import aiohttp
 from bridge.config import BridgeConfig, InfluxConfig
 from bridge.reading import Event
 from bridge.store.influx import WriteError, basic_auth, make_writer, v2_auth
+from bridge.store.influxql import NO_INFLUXQL, lists_databases
 from bridge.store.points import LineEncoder
 from bridge.store.sqlite import SqliteStore, open_readonly
 
@@ -135,10 +136,9 @@ async def _read_influx(cfg: InfluxConfig, kinds: Sequence[str], miner: str | Non
         if "error" in result:
             raise EventStoreError(f"InfluxDB {cfg.url}: {result['error']}")
         for series in result.get("series", []) or []:
-            if series.get("name") == "databases":  # every /query answered with the database list: no InfluxQL
-                raise EventStoreError(f"{cfg.url} answers /query without running InfluxQL (VictoriaMetrics does) "
-                                      "and keeps no events: turn the bridge's SQLite store on (sqlite: in "
-                                      "config.yaml), which holds them")
+            if lists_databases(series.get("name")):
+                raise EventStoreError(f"{cfg.url} {NO_INFLUXQL} and keeps no events: turn the bridge's SQLite "
+                                      "store on (sqlite: in config.yaml), which holds them")
             cols = series["columns"]
             for values in series["values"]:
                 row = dict(zip(cols, values, strict=True))

@@ -37,7 +37,7 @@ from bridge.cancel import raise_if_cancelling
 from bridge.config import InfluxConfig, reveal
 from bridge.problems import ProblemLog
 from bridge.reading import Event, Reading
-from bridge.store.influx_repair import InfluxRollupRepair
+from bridge.store.influx_repair import InfluxRollupRepair, NoInfluxQL
 from bridge.store.influxql import basic_auth_header, quote_ident
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup
@@ -338,6 +338,10 @@ class InfluxSink:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the analyzer reads such hours from the readings meanwhile
+            if isinstance(exc, NoInfluxQL):
+                self.repair = None
+                log.info("%s: no rollup repair: the server %s", self.writer.target, exc)
+                return
             if isinstance(exc, WriteError) and exc.status in (401, 403):
                 # A write-only user (least privilege) may not read: that will not change while the bridge
                 # runs, and a warning every few minutes would be noise about a setup that works.

@@ -20,12 +20,17 @@ from typing import Any, Protocol
 
 from analyzer.columns import IMPLAUSIBLE, RAW_FIELDS
 from bridge.config import InfluxConfig
+from bridge.store.influxql import NO_INFLUXQL, lists_databases
 from bridge.store.influxql import quote_ident as _q
 from bridge.store.influxql import quote_string as _s
 from bridge.store.points import LineEncoder
 from bridge.store.rollup import Rollup, number
 
 HOUR = 3600.0
+
+
+class NoInfluxQL(Exception):
+    """The server takes 1.x writes but runs no InfluxQL (VictoriaMetrics with api: v1): never repairable."""
 
 
 class Server(Protocol):
@@ -68,6 +73,8 @@ class InfluxRollupRepair:
             series = first[0].get("series") if first else None
             if not series:
                 return 0, False
+            if lists_databases(series[0].get("name")):
+                raise NoInfluxQL(f"{NO_INFLUXQL}: there is nothing to repair with")
             start = series[0]["values"][0][0] / 1000.0
         start = math.floor(start / HOUR) * HOUR
         closed = math.floor((now - self.CLOSED_AFTER) / HOUR) * HOUR

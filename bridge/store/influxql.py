@@ -1,5 +1,5 @@
 """InfluxDB 1.x request pieces shared by the analyzer's InfluxDB source and the sink (no HTTP client here):
-InfluxQL quoting, basic auth."""
+InfluxQL quoting, basic auth, and telling a server that runs no InfluxQL."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def basic_auth_header(username: str | None, password: str | None) -> dict[str, s
         return {}
     raw = f"{username}:{password or ''}".encode()
     return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+
+
+# VictoriaMetrics (and other write-API-only servers) answer every /query with the database list, for
+# Grafana's data-source test: a series named "databases" where a statement's own answer was expected.
+NO_INFLUXQL = "answers /query without running InfluxQL (VictoriaMetrics does)"
+
+
+def lists_databases(series_name: object) -> bool:
+    """Whether a /query answer's series (by its name) is that stand-in: never a genuine answer to a SELECT
+    or SHOW MEASUREMENTS, whose series are named after the measurement or "measurements"."""
+    return series_name == "databases"

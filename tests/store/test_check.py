@@ -72,3 +72,28 @@ def test_write_error_fix_tells_a_missing_endpoint_from_a_missing_bucket() -> Non
     assert "api: v1" in no_api.fix
     no_bucket = WriteError("config", 404, '{"code":"not found","message":"bucket \\"b\\" not found"}', "x")
     assert "create the bucket" in no_bucket.fix
+
+
+async def test_victoriametrics_behind_the_1x_write_api(victoria: VictoriaMetrics, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """VictoriaMetrics takes /write too: no database to create (check-config said to create one), and no
+    InfluxQL behind /query (the rollup repair failed with a TypeError every 10 min)."""
+    import logging
+
+    from tests.store.factory import reading
+
+    cfg = InfluxConfig.model_validate({"url": victoria.url, "api": "v1", "database": "bitaxe", "timeout": 2,
+                                       "spool_dir": str(tmp_path / "spool")})
+    msg = await check_influx(cfg)
+    assert "takes 1.x writes (/write) but answers /query without running InfluxQL" in msg
+    sink = InfluxSink(cfg)
+    await sink.start()
+    for i in range(3):
+        await sink.handle(reading(i))
+    with caplog.at_level(logging.INFO):
+        await sink.flush()
+        await sink._maybe_repair()
+    await sink.aclose()
+    assert sink.written >= 3 and sink.pending == 0 and sink.repair is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "no rollup repair: the server answers /query without running InfluxQL" in caplog.text
