@@ -58,6 +58,15 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
                 "repair stays off and bitaxe-analyze cannot read it (keep sqlite on beside it)")
     if db not in names:
         if cfg.create_database:
+            # Only an admin may CREATE DATABASE; SHOW USERS is admin-only too, and changes nothing.
+            status, text, _ = await _request(session, "POST", base + "/query", cfg, data={"q": "SHOW USERS"},
+                                             headers=auth)
+            if status in (401, 403):
+                raise StoreCheckError(
+                    f"InfluxDB at {cfg.url}: database {db!r} does not exist and user {cfg.username!r} may not "
+                    f"create it (CREATE DATABASE needs an admin): create it as an admin (CREATE DATABASE "
+                    f"\"{db}\" WITH DURATION 365d; GRANT WRITE ON \"{db}\" TO \"{cfg.username}\") and set "
+                    "influxdb.create_database: false")
             return (f"InfluxDB {version} at {cfg.url} reachable; database {db!r} does not exist yet and "
                     "will be created on the first write (create_database: true)")
         raise StoreCheckError(

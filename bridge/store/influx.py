@@ -89,6 +89,9 @@ class WriteError(Exception):
 
     @property
     def fix(self) -> str:
+        if self.status == 403 and "requires admin" in self.detail:
+            return ("influxdb.create_database needs an admin user: create the database as an admin "
+                    "(CREATE DATABASE <db>; GRANT WRITE ON <db> TO <user>) and set create_database: false")
         if self.status in (401, 403):
             return "check influxdb.token (2.x/3.x) or influxdb.username/password (1.x) in config.yaml"
         if self.status == 404 and self.detail.strip().startswith("404 page not found"):

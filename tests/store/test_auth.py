@@ -137,3 +137,25 @@ def test_the_analyzer_with_a_write_only_user_says_it_needs_read(influx_auth: Aut
     assert InfluxStore(influx_auth.url, "secure", username="reader", password="r").miners() == ["g1"]
     port = influx_auth.url.rpartition(":")[2]
     assert open_source(f"influxdb:http://reader:r@127.0.0.1:{port}/secure", None).miners() == ["g1"]
+
+
+async def test_create_database_with_a_user_that_is_not_admin(influx_auth: AuthInfluxDB1, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    _admin(influx_auth, "CREATE USER writer WITH PASSWORD 'w'")
+    cfg = InfluxConfig.model_validate({"url": influx_auth.url, "api": "v1", "database": "fresh", "username": "writer",
+                                       "password": "w", "create_database": True, "timeout": 3,
+                                       "spool_dir": str(tmp_path / "spool")})
+    with pytest.raises(StoreCheckError, match=r"database 'fresh' does not exist and user 'writer' may not create "
+                                              r"it \(CREATE DATABASE needs an admin\).*GRANT WRITE"):
+        await check_influx(cfg)
+    sink = InfluxSink(cfg)
+    await sink.start()
+    await sink.handle(reading(0))
+    with caplog.at_level(logging.ERROR):
+        await sink.flush()
+    assert sink.pending >= 1 and sink.written == 0  # kept, not lost
+    assert "requires admin" in caplog.text and "influxdb.create_database needs an admin user" in caplog.text
+    _admin(influx_auth, 'CREATE DATABASE "fresh"')  # what the message says to do
+    _admin(influx_auth, 'GRANT WRITE ON "fresh" TO "writer"')
+    await sink.aclose()  # its last flush writes what was kept
+    assert sink.pending == 0 and sink.written >= 1
