@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from bridge.config import InfluxConfig
-from bridge.store.influx import basic_auth, v2_auth, v2_bucket, v2_write_params
+from bridge.store.influx import basic_auth, v1_write_params, v2_auth, v2_bucket, v2_write_params
 from bridge.store.influxql import NO_INFLUXQL, lists_databases, quote_ident
 
 
@@ -53,7 +53,8 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
         raise StoreCheckError(f"InfluxDB at {cfg.url}: SHOW DATABASES answered HTTP {status}: {text[:300]}; "
                               "is influxdb.url an InfluxDB 1.x server (api: v1)?")
     names = _series_values(text)
-    if db not in names and await _lists_databases_only(session, cfg, base, auth):
+    if db not in names and await _runs_no_influxql(session, cfg, base, auth):
+        await _may_write(session, cfg, base, auth)
         return (f"{cfg.url} takes 1.x writes (/write) but {NO_INFLUXQL}: no database to create; the rollup "
                 "repair stays off and bitaxe-analyze cannot read it (keep sqlite on beside it)")
     if db not in names:
@@ -82,15 +83,8 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
                 f"InfluxDB at {cfg.url}: database {db!r} has no retention policy "
                 f"{cfg.retention_policy!r}; create it (CREATE RETENTION POLICY \"{cfg.retention_policy}\" "
                 f"ON \"{db}\" DURATION 365d REPLICATION 1) or remove influxdb.retention_policy")
-    # An empty write checks the user's WRITE privilege without storing anything (a READ-only user passes
-    # SHOW DATABASES above and would only fail at the bridge's first write).
-    params = {"db": db, "precision": "ms", **({"rp": cfg.retention_policy} if cfg.retention_policy else {})}
-    status, text, _ = await _request(session, "POST", base + "/write", cfg, data=b"", headers=auth, params=params)
-    if status in (401, 403):
-        who = f"user {cfg.username!r}" if cfg.username else "this client (no influxdb.username)"
-        raise StoreCheckError(f"InfluxDB at {cfg.url}: {who} may not write to database {db!r} (HTTP {status}: "
-                              f"{text.strip()[:200]}); grant it (GRANT WRITE ON \"{db}\" TO \"<user>\", or "
-                              "GRANT ALL for the rollup repair too) or use another user")
+    # A READ-only user passes SHOW DATABASES above and would only fail at the bridge's first write.
+    await _may_write(session, cfg, base, auth)
     ok = f"InfluxDB {version} at {cfg.url}: database {db!r} exists and is writable with the 1.x /write API"
     # Writing is all the bridge needs; reading is for the rollup repair (and bitaxe-analyze with this user).
     status, text, _ = await _request(session, "POST", base + "/query", cfg, headers=auth,
@@ -101,14 +95,21 @@ async def _check_v1(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str
     return ok
 
 
-async def _lists_databases_only(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str,
-                                 auth: dict[str, str]) -> bool:
-    """Whether /query answers any statement with the database list (VictoriaMetrics), after an empty write
-    showed that writing works."""
-    status, _, _ = await _request(session, "POST", base + "/write", cfg, data=b"", headers=auth,
-                                  params={"db": cfg.database or "", "precision": "ms"})
-    if status >= 300:
-        return False
+async def _may_write(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str, auth: dict[str, str]) -> None:
+    """An empty write checks the user's WRITE privilege without storing anything; raises when refused."""
+    status, text, _ = await _request(session, "POST", base + "/write", cfg, data=b"", headers=auth,
+                                     params=v1_write_params(cfg))
+    if status in (401, 403):
+        db = cfg.database or ""
+        who = f"user {cfg.username!r}" if cfg.username else "this client (no influxdb.username)"
+        raise StoreCheckError(f"InfluxDB at {cfg.url}: {who} may not write to database {db!r} (HTTP {status}: "
+                              f"{text.strip()[:200]}); grant it (GRANT WRITE ON \"{db}\" TO \"<user>\", or "
+                              "GRANT ALL for the rollup repair too) or use another user")
+
+
+async def _runs_no_influxql(session: aiohttp.ClientSession, cfg: InfluxConfig, base: str,
+                            auth: dict[str, str]) -> bool:
+    """Whether /query answers a statement with the database list instead (VictoriaMetrics)."""
     status, text, _ = await _request(session, "POST", base + "/query", cfg, headers=auth,
                                      data={"q": "SHOW MEASUREMENTS LIMIT 1"})
     try:

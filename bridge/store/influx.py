@@ -144,6 +144,11 @@ def v2_auth(cfg: InfluxConfig) -> dict[str, str]:
     return {"Authorization": f"Token {token}"} if token else {}
 
 
+def v1_write_params(cfg: InfluxConfig) -> dict[str, str]:
+    rp = {"rp": cfg.retention_policy} if cfg.retention_policy else {}
+    return {"db": cfg.database or "", "precision": "ms", **rp}
+
+
 def v2_write_params(cfg: InfluxConfig) -> dict[str, str]:
     return {"org": cfg.org or "-", "bucket": v2_bucket(cfg), "precision": "ms"}
 
@@ -207,10 +212,7 @@ class V1Writer(HttpWriter):
     path = "/write"
 
     def __init__(self, cfg: InfluxConfig) -> None:
-        params = {"db": cfg.database or "", "precision": "ms"}
-        if cfg.retention_policy:
-            params["rp"] = cfg.retention_policy
-        super().__init__(cfg, params, basic_auth(cfg))
+        super().__init__(cfg, v1_write_params(cfg), basic_auth(cfg))
 
     async def query(self, q: str) -> list[dict[str, Any]]:
         """The results of InfluxQL statements (times in ms); WriteError when refused or one failed."""
